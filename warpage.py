@@ -1,0 +1,465 @@
+"""FastDrag's one-step warpage: latent warpage function (LWF), relocation and BNNI.
+
+Everything here follows ``fastdrag-method.md`` sections 2-4. Conventions:
+
+* image points are ``(x, y)`` pixels (x = column, y = row), as in PIL and DragBench;
+* inside a latent (or any grid handled here) points are ``(row, col)`` floats;
+* masks are ``(H, W)`` bool tensors, ``True`` where content may move.
+
+The functions are vectorised over pixels and drags and never read tensor values back on the
+host, so on CUDA they run without synchronising. The input checks (``validate=True``, the
+default) do read values back; callers that have validated their inputs already (the pipeline
+does so on the host, before any model runs) pass ``validate=False``.
+
+This module imports nothing relative, so Diffusers can copy it beside a local
+``custom_pipeline`` file.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FILL_MODES = ("bnni", "original", "zeros", "noise")
+
+PointsLike = torch.Tensor | np.ndarray | Sequence[Sequence[float]]
+
+# Constants of the reference: they make our field agree with it to the bit.
+_RADIUS_EPS = 1e-6
+_WEIGHT_EPS = 1e-4
+
+
+# --------------------------------------------------------------------------------------------
+# Input handling
+# --------------------------------------------------------------------------------------------
+
+
+def as_points(points: PointsLike, name: str, device: torch.device | None = None) -> torch.Tensor:
+    """Return ``points`` as a ``(K, 2)`` float32 tensor, raising ``ValueError`` naming ``name``."""
+    if isinstance(points, torch.Tensor):
+        tensor = points.detach().to(device=device, dtype=torch.float32)
+    else:
+        try:
+            tensor = torch.as_tensor(np.asarray(points, dtype=np.float64), dtype=torch.float32, device=device)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"`{name}` must be a sequence of 2-element points, got {points!r}") from error
+    if tensor.ndim == 1 and tensor.numel() == 2:
+        tensor = tensor[None]
+    if tensor.ndim != 2 or tensor.shape[1] != 2:
+        raise ValueError(f"`{name}` must have shape (K, 2), got {tuple(tensor.shape)}")
+    return tensor
+
+
+def check_points(
+    handles: torch.Tensor,
+    targets: torch.Tensor,
+    size: tuple[int, int],
+    names: tuple[str, str] = ("handles", "targets"),
+    order: str = "row_col",
+) -> None:
+    """Check drags on a grid of ``size = (H, W)``; reads values on the host.
+
+    ``order="row_col"``: points are ``(row, col)``, inside when ``0 <= row < H, 0 <= col < W``.
+    ``order="xy"``: points are image ``(x, y)``, inside when ``0 <= x < W, 0 <= y < H``.
+    """
+    if handles.shape[0] == 0:
+        raise ValueError(f"`{names[0]}` is empty: give at least one drag (K >= 1)")
+    if handles.shape != targets.shape:
+        raise ValueError(
+            f"`{names[0]}` and `{names[1]}` must have the same number of points, "
+            f"got {handles.shape[0]} and {targets.shape[0]}"
+        )
+    height, width = size
+    first, second = (height, width) if order == "row_col" else (width, height)
+    label = "(row, col)" if order == "row_col" else "(x, y)"
+    axes = ("row", "col") if order == "row_col" else ("x", "y")
+    for name, points in zip(names, (handles, targets)):
+        if not bool(torch.isfinite(points).all()):
+            raise ValueError(f"`{name}` contains a non-finite coordinate: {points.tolist()}")
+        outside = (points[:, 0] < 0) | (points[:, 0] >= first) | (points[:, 1] < 0) | (points[:, 1] >= second)
+        if bool(outside.any()):
+            raise ValueError(
+                f"`{name}` has points outside the {height}x{width} grid: {points[outside].tolist()} as {label}; "
+                f"allowed: 0 <= {axes[0]} < {first}, 0 <= {axes[1]} < {second}"
+            )
+
+
+def check_mask(mask: torch.Tensor) -> None:
+    """Check that ``mask`` is a non-empty ``(H, W)`` bool tensor. Reads a value on the host."""
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise ValueError(f"`mask` must be a bool torch.Tensor, got {type(mask).__name__} {getattr(mask, 'dtype', '')}")
+    if mask.ndim != 2:
+        raise ValueError(f"`mask` must have shape (H, W), got {tuple(mask.shape)}")
+    if not bool(mask.any()):
+        raise ValueError("`mask` is empty: at least one pixel must be allowed to move")
+
+
+def check_latents(latents: torch.Tensor, size: tuple[int, int], name: str = "latents") -> None:
+    if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+        raise ValueError(f"`{name}` must be a floating-point torch.Tensor")
+    if latents.ndim != 4 or tuple(latents.shape[-2:]) != tuple(size):
+        raise ValueError(f"`{name}` must have shape (B, C, {size[0]}, {size[1]}), got {tuple(latents.shape)}")
+
+
+def _check_grid(tensor: torch.Tensor, size: tuple[int, int], name: str, dtype: torch.dtype, extra: tuple = ()) -> None:
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype != dtype:
+        raise ValueError(f"`{name}` must be a {dtype} torch.Tensor")
+    if tuple(tensor.shape) != tuple(size) + extra:
+        raise ValueError(f"`{name}` must have shape {tuple(size) + extra}, got {tuple(tensor.shape)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Image space to latent space
+# --------------------------------------------------------------------------------------------
+
+
+def image_to_latent_points(points_xy: PointsLike, scale: int) -> torch.Tensor:
+    """Turn image ``(x, y)`` pixels into latent ``(row, col) = (y, x) / scale`` floats (no rounding).
+
+    Returns a ``(K, 2)`` float32 tensor on the device of ``points_xy`` (CPU for sequences).
+    """
+    points = as_points(points_xy, "points_xy")
+    return points.flip(-1) / float(scale)
+
+
+def image_to_latent_mask(mask: torch.Tensor, scale: int) -> torch.Tensor:
+    """Max-pool an image mask ``(H, W)`` to the latent grid ``(ceil(H / scale), ceil(W / scale))``.
+
+    A latent pixel is set iff any image pixel of its ``scale x scale`` block is set (nonzero).
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"`mask` must have shape (H, W), got {tuple(mask.shape)}")
+    pooled = F.max_pool2d((mask != 0).float()[None, None], kernel_size=scale, stride=scale, ceil_mode=True)
+    return pooled[0, 0] > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Latent warpage function
+# --------------------------------------------------------------------------------------------
+
+
+def _circle_of_mask(mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre ``O`` (as ``(row, col)``) and radius ``R`` of the circle around the mask's bounding box."""
+    big = torch.iinfo(torch.int64).max
+    row_idx = rows.expand_as(mask)
+    col_idx = cols.expand_as(mask)
+    lo = torch.stack(
+        [torch.where(mask, row_idx, big).amin(), torch.where(mask, col_idx, big).amin()]
+    ).float()
+    hi = torch.stack([torch.where(mask, row_idx, -1).amax(), torch.where(mask, col_idx, -1).amax()]).float()
+    centre = (lo + hi) / 2
+    radius = torch.linalg.vector_norm((centre - lo) + _RADIUS_EPS)
+    return centre, radius
+
+
+def _component_scale(
+    pixels: torch.Tensor, handles: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stretch factor ``s_i(C)`` of every drag at every pixel, and the distances ``|C - A_i|``.
+
+    ``pixels``: ``(N, 2)`` integer positions as floats, ``(row, col)``; ``handles``: ``(K, 2)``.
+    Returns two ``(K, N)`` tensors. The float operations follow the reference's order.
+    """
+    ac = pixels[None, :, :] - handles[:, None, :]  # (K, N, 2)
+    oa = (handles - centre)[:, None, :]  # (K, 1, 2)
+    ac_norm = torch.linalg.vector_norm(ac, dim=-1)  # (K, N)
+    e = ac / ac_norm[..., None]
+    l0 = (ac * oa).sum(-1) / ac_norm
+    l1 = torch.sqrt(radius * radius - (oa * oa).sum(-1) + l0 * l0)
+    ap = (l1 - l0)[..., None] * e
+    pc = ac - ap
+    scale = torch.linalg.vector_norm(pc, dim=-1) / torch.linalg.vector_norm(ap, dim=-1)
+    scale = torch.where(torch.isfinite(scale), scale, torch.zeros_like(scale)).clamp(0.0, 1.0)
+    at_handle = (ac == 0).all(-1)
+    scale = torch.where(at_handle, torch.ones_like(scale), scale)
+    return scale, ac_norm
+
+
+def warpage_field(
+    mask: torch.Tensor, handles: PointsLike, targets: PointsLike, validate: bool = True
+) -> torch.Tensor:
+    """Displacement ``(d_row, d_col)`` of every latent pixel under the LWF.
+
+    Args:
+        mask: ``(H, W)`` bool tensor; only its pixels get a vector.
+        handles, targets: ``(K, 2)`` latent ``(row, col)`` floats (tensors or sequences).
+        validate: check the inputs first (reads values back to the host).
+
+    Returns:
+        ``(H, W, 2)`` float32 tensor on the mask's device, zero outside the mask.
+    """
+    if validate:
+        check_mask(mask)
+    handles = as_points(handles, "handles", mask.device)
+    targets = as_points(targets, "targets", mask.device)
+    if validate:
+        check_points(handles, targets, tuple(mask.shape))
+    height, width = mask.shape
+    rows = torch.arange(height, device=mask.device)[:, None]
+    cols = torch.arange(width, device=mask.device)[None, :]
+    centre, radius = _circle_of_mask(mask, rows, cols)
+
+    pixels = torch.stack(torch.broadcast_tensors(rows, cols), dim=-1).reshape(-1, 2).float()
+    scale, distance = _component_scale(pixels, handles, centre, radius)  # (K, N)
+    weights = 1.0 / (distance + _WEIGHT_EPS)
+    weights = weights / weights.sum(0, keepdim=True)
+    drags = targets - handles  # (K, 2)
+    field = ((weights * scale)[..., None] * drags[:, None, :]).sum(0)  # (N, 2)
+    field = field.reshape(height, width, 2)
+    return torch.where(mask[..., None], field, torch.zeros_like(field))
+
+
+# --------------------------------------------------------------------------------------------
+# Relocation
+# --------------------------------------------------------------------------------------------
+
+
+def relocate(
+    latents: torch.Tensor, mask: torch.Tensor, field: torch.Tensor, validate: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move every mask pixel's value to ``round_half_even(C + field[C])``, clamped into the grid.
+
+    Sources are taken in row-major order and the first one to reach a destination wins it; the
+    value written is always the source's original value, so moves never cascade.
+
+    Args:
+        latents: ``(B, C, H, W)``, any float dtype; left untouched.
+        mask: ``(H, W)`` bool, the pixels that move (and become null until written).
+        field: ``(H, W, 2)`` displacements ``(d_row, d_col)``, as from :func:`warpage_field`.
+
+    Returns:
+        ``(relocated, null)``: the new latents, and the ``(H, W)`` bool mask of pixels still
+        empty. Null pixels keep their old values.
+    """
+    if validate:
+        check_mask(mask)
+        check_latents(latents, tuple(mask.shape))
+        _check_grid(field, tuple(mask.shape), "field", torch.float32, (2,))
+    size = tuple(latents.shape[-2:])
+    height, width = size
+    count = height * width
+    rows = torch.arange(height, device=latents.device)[:, None].expand(height, width)
+    cols = torch.arange(width, device=latents.device)[None, :].expand(height, width)
+    dest_row = torch.round(rows + field[..., 0].to(latents.device)).clamp(0, height - 1).long()
+    dest_col = torch.round(cols + field[..., 1].to(latents.device)).clamp(0, width - 1).long()
+    mask = mask.to(latents.device)
+    # Pixels outside the mask send to a dummy slot past the grid, so no branch is needed.
+    destination = torch.where(mask, dest_row * width + dest_col, count).reshape(-1)
+    source = torch.arange(count, device=latents.device)
+    winner = torch.full((count + 1,), count, dtype=torch.long, device=latents.device)
+    winner.scatter_reduce_(0, destination, source, reduce="amin", include_self=True)
+    winner = winner[:count]
+    written = winner < count
+
+    null = mask & ~written.reshape(height, width)
+    gather_from = torch.where(written, winner, source)
+    flat = latents.reshape(*latents.shape[:-2], count)
+    relocated = flat.index_select(-1, gather_from).reshape(latents.shape)
+    return relocated, null
+
+
+# --------------------------------------------------------------------------------------------
+# Filling the null pixels
+# --------------------------------------------------------------------------------------------
+
+
+def _nearest_before(filled: torch.Tensor, dim: int) -> torch.Tensor:
+    """For each position along ``dim``, the index of the nearest filled position strictly before it.
+
+    ``-1`` where there is none. ``filled`` is a bool ``(H, W)`` tensor.
+    """
+    index_shape = [1, 1]
+    index_shape[dim] = filled.shape[dim]
+    index = torch.arange(filled.shape[dim], device=filled.device).reshape(index_shape).expand_as(filled)
+    last = torch.where(filled, index, -1).cummax(dim).values
+    # Shift by one so a position does not count itself.
+    previous = torch.full_like(last, -1)
+    if dim == 0:
+        previous[1:] = last[:-1]
+    else:
+        previous[:, 1:] = last[:, :-1]
+    return previous
+
+
+def _nearest_after(filled: torch.Tensor, dim: int) -> torch.Tensor:
+    """Like :func:`_nearest_before`, looking forward; ``-1`` where there is none."""
+    size = filled.shape[dim]
+    flipped = _nearest_before(filled.flip(dim), dim).flip(dim)
+    return torch.where(flipped >= 0, size - 1 - flipped, -1)
+
+
+def bnni(latents: torch.Tensor, null: torch.Tensor, validate: bool = True) -> torch.Tensor:
+    """Bilateral nearest neighbour interpolation, the paper's symmetric scheme.
+
+    Each null pixel becomes the ``1/k``-weighted mean of the nearest non-null pixels to its left,
+    right, up and down (``k`` their distance in pixels), all taken from ``latents`` before any
+    filling. A null pixel with no neighbour in any direction keeps its value.
+
+    Args:
+        latents: ``(B, C, H, W)``, any float dtype.
+        null: ``(H, W)`` bool.
+
+    Returns:
+        A new tensor like ``latents``; the weighted mean is computed in float32.
+    """
+    size = tuple(latents.shape[-2:])
+    if validate:
+        check_latents(latents, size)
+        _check_grid(null, size, "null", torch.bool)
+    null = null.to(latents.device)
+    filled = ~null
+    height, width = size
+    rows = torch.arange(height, device=latents.device)[:, None].expand(height, width)
+    cols = torch.arange(width, device=latents.device)[None, :].expand(height, width)
+    source = latents.float()
+    total = torch.zeros_like(source)
+    weight_sum = torch.zeros(size, device=latents.device)
+    # Order: left, right, up, down (the oracle's order; it keeps float sums comparable).
+    for dim, neighbour in (
+        (1, _nearest_before(filled, 1)),
+        (1, _nearest_after(filled, 1)),
+        (0, _nearest_before(filled, 0)),
+        (0, _nearest_after(filled, 0)),
+    ):
+        found = neighbour >= 0
+        own = cols if dim == 1 else rows
+        distance = (own - neighbour).abs().clamp(min=1).float()
+        weight = torch.where(found, 1.0 / distance, torch.zeros_like(distance))
+        safe = neighbour.clamp(min=0)
+        flat_index = (rows * width + safe) if dim == 1 else (safe * width + cols)
+        values = source.reshape(*source.shape[:-2], -1).index_select(-1, flat_index.reshape(-1)).reshape(source.shape)
+        total = total + weight * values
+        weight_sum = weight_sum + weight
+    mean = total / weight_sum.clamp(min=torch.finfo(torch.float32).tiny)
+    replace = null & (weight_sum > 0)
+    return torch.where(replace, mean.to(latents.dtype), latents)
+
+
+def fill_null(
+    latents: torch.Tensor,
+    null: torch.Tensor,
+    mode: str = "bnni",
+    generator: torch.Generator | None = None,
+    validate: bool = True,
+) -> torch.Tensor:
+    """Fill the null pixels left by :func:`relocate`.
+
+    Modes (the paper's ablation): ``"bnni"`` (default, :func:`bnni`), ``"original"`` (keep the
+    value that was there), ``"zeros"``, ``"noise"`` (standard normal, from ``generator``).
+    """
+    if mode not in FILL_MODES:
+        raise ValueError(f"`fill` must be one of {FILL_MODES}, got {mode!r}")
+    if validate:
+        size = tuple(latents.shape[-2:])
+        check_latents(latents, size)
+        _check_grid(null, size, "null", torch.bool)
+    null = null.to(latents.device)
+    if mode == "bnni":
+        return bnni(latents, null, validate=False)
+    if mode == "original":
+        return latents.clone()
+    if mode == "zeros":
+        return torch.where(null, torch.zeros_like(latents), latents)
+    noise_device = generator.device if generator is not None else latents.device
+    noise = torch.randn(latents.shape, generator=generator, device=noise_device, dtype=torch.float32)
+    return torch.where(null, noise.to(device=latents.device, dtype=latents.dtype), latents)
+
+
+def warp_latents(
+    latents: torch.Tensor,
+    mask: torch.Tensor,
+    handles: PointsLike,
+    targets: PointsLike,
+    fill: str = "bnni",
+    generator: torch.Generator | None = None,
+    validate: bool = True,
+) -> torch.Tensor:
+    """The whole one-step warpage: LWF, relocation, then filling the null pixels.
+
+    ``latents``: ``(B, C, H, W)``; ``mask``: ``(H, W)`` bool; ``handles``/``targets``: ``(K, 2)``
+    latent ``(row, col)``. Returns a new tensor; ``latents`` is left untouched.
+    """
+    if fill not in FILL_MODES:
+        raise ValueError(f"`fill` must be one of {FILL_MODES}, got {fill!r}")
+    if validate:
+        check_latents(latents, tuple(mask.shape))
+    field = warpage_field(mask, handles, targets, validate=validate)
+    relocated, null = relocate(latents, mask.to(latents.device), field, validate=False)
+    return fill_null(relocated, null, fill, generator=generator, validate=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Pixel-space preview
+# --------------------------------------------------------------------------------------------
+
+
+def _image_to_tensor(image) -> torch.Tensor:
+    """PIL image, ``(H, W, 3)`` uint8 array or ``(3, H, W)`` tensor in [0, 1] -> ``(1, 3, H, W)`` float32 in [0, 1]."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow ships with diffusers
+        Image = None
+    if Image is not None and isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"`image` array must have shape (H, W, 3), got {image.shape}")
+        return torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    if isinstance(image, torch.Tensor):
+        tensor = image[None] if image.ndim == 3 else image
+        if tensor.ndim != 4 or tensor.shape[:2] != (1, 3):
+            raise ValueError(f"`image` tensor must have shape (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
+        return tensor.float()
+    raise TypeError(f"`image` must be a PIL image, a numpy array or a torch tensor, got {type(image).__name__}")
+
+
+def _mask_to_tensor(mask, size: tuple[int, int]) -> torch.Tensor:
+    """PIL image, array or tensor -> ``(H, W)`` bool, nonzero = may move; ``None`` = all pixels."""
+    if mask is None:
+        return torch.ones(size, dtype=torch.bool)
+    try:
+        from PIL import Image
+
+        if isinstance(mask, Image.Image):
+            mask = np.asarray(mask.convert("L"))
+    except ImportError:  # pragma: no cover
+        pass
+    tensor = torch.as_tensor(np.asarray(mask)) if not isinstance(mask, torch.Tensor) else mask
+    while tensor.ndim > 2 and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    if tuple(tensor.shape) != tuple(size):
+        raise ValueError(f"`mask` must have the image's size (H, W) = {tuple(size)}, got {tuple(tensor.shape)}")
+    return tensor.cpu() != 0
+
+
+def preview_drag(image, mask, handle_points: PointsLike, target_points: PointsLike, fill: str = "bnni"):
+    """Warp the RGB pixels themselves at image resolution: an instant, model-free preview.
+
+    Args:
+        image: PIL image, ``(H, W, 3)`` uint8 array, or ``(3, H, W)``/``(1, 3, H, W)`` tensor in [0, 1].
+        mask: ``(H, W)`` PIL image, array or tensor, nonzero = may move; ``None`` = whole image.
+        handle_points, target_points: ``(K, 2)`` image ``(x, y)`` pixels.
+
+    Returns:
+        The warped image, of the same kind as ``image`` (PIL, uint8 array, or float tensor).
+    """
+    pixels = _image_to_tensor(image)
+    size = tuple(pixels.shape[-2:])
+    pixel_mask = _mask_to_tensor(mask, size)
+    handles_xy = as_points(handle_points, "handle_points")
+    targets_xy = as_points(target_points, "target_points")
+    check_mask(pixel_mask)
+    check_points(handles_xy, targets_xy, size, names=("handle_points", "target_points"), order="xy")
+    handles, targets = image_to_latent_points(handles_xy, 1), image_to_latent_points(targets_xy, 1)
+    warped = warp_latents(pixels, pixel_mask, handles, targets, fill=fill, validate=False)
+    if isinstance(image, torch.Tensor):
+        return warped.reshape(image.shape).to(image.dtype)
+    array = (warped[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    if isinstance(image, np.ndarray):
+        return array
+    from PIL import Image
+
+    return Image.fromarray(array)
