@@ -17,6 +17,7 @@ This module imports nothing relative, so Diffusers can copy it beside a local
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -87,28 +88,31 @@ def check_points(
             )
 
 
+def _check_tensor(
+    tensor: torch.Tensor, name: str, dtype: torch.dtype, shape: tuple[int, ...] | None = None
+) -> None:
+    """``tensor`` must be a torch tensor of ``dtype``, of ``shape`` (or any ``(H, W)`` if None)."""
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype != dtype:
+        raise ValueError(f"`{name}` must be a {dtype} torch.Tensor, got {type(tensor).__name__} {getattr(tensor, 'dtype', '')}")
+    if shape is None and tensor.ndim != 2:
+        raise ValueError(f"`{name}` must have shape (H, W), got {tuple(tensor.shape)}")
+    if shape is not None and tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"`{name}` must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+
+
 def check_mask(mask: torch.Tensor) -> None:
     """Check that ``mask`` is a non-empty ``(H, W)`` bool tensor. Reads a value on the host."""
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        raise ValueError(f"`mask` must be a bool torch.Tensor, got {type(mask).__name__} {getattr(mask, 'dtype', '')}")
-    if mask.ndim != 2:
-        raise ValueError(f"`mask` must have shape (H, W), got {tuple(mask.shape)}")
+    _check_tensor(mask, "mask", torch.bool)
     if not bool(mask.any()):
         raise ValueError("`mask` is empty: at least one pixel must be allowed to move")
 
 
 def check_latents(latents: torch.Tensor, size: tuple[int, int], name: str = "latents") -> None:
+    """``latents`` must be a float ``(B, C, H, W)`` tensor with ``(H, W) == size``."""
     if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
         raise ValueError(f"`{name}` must be a floating-point torch.Tensor")
     if latents.ndim != 4 or tuple(latents.shape[-2:]) != tuple(size):
         raise ValueError(f"`{name}` must have shape (B, C, {size[0]}, {size[1]}), got {tuple(latents.shape)}")
-
-
-def _check_grid(tensor: torch.Tensor, size: tuple[int, int], name: str, dtype: torch.dtype, extra: tuple = ()) -> None:
-    if not isinstance(tensor, torch.Tensor) or tensor.dtype != dtype:
-        raise ValueError(f"`{name}` must be a {dtype} torch.Tensor")
-    if tuple(tensor.shape) != tuple(size) + extra:
-        raise ValueError(f"`{name}` must have shape {tuple(size) + extra}, got {tuple(tensor.shape)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,41 +145,59 @@ def image_to_latent_mask(mask: torch.Tensor, scale: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def _circle_of_mask(mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre ``O`` (as ``(row, col)``) and radius ``R`` of the circle around the mask's bounding box."""
-    big = torch.iinfo(torch.int64).max
-    row_idx = rows.expand_as(mask)
-    col_idx = cols.expand_as(mask)
-    lo = torch.stack(
-        [torch.where(mask, row_idx, big).amin(), torch.where(mask, col_idx, big).amin()]
-    ).float()
-    hi = torch.stack([torch.where(mask, row_idx, -1).amax(), torch.where(mask, col_idx, -1).amax()]).float()
+@functools.lru_cache(maxsize=16)
+def _grid(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, cols)``: two ``(H, W)`` int64 tensors of each pixel's row and column."""
+    rows = torch.arange(height, device=device)[:, None].expand(height, width)
+    cols = torch.arange(width, device=device)[None, :].expand(height, width)
+    return rows, cols
+
+
+@functools.lru_cache(maxsize=16)
+def _flat_index(count: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(count, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _float_coords(height: int, width: int, device: torch.device) -> torch.Tensor:
+    """``(2, H, W)`` float32: each pixel's ``(row, col)``."""
+    return torch.stack(_grid(height, width, device)).float()
+
+
+def _circle_of_mask(mask: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre ``O`` (as ``(row, col)``) and radius ``R`` of the circle around the mask's bounding box.
+
+    ``coords``: ``(2, H, W)`` float pixel positions, from :func:`_float_coords`.
+    """
+    lo = torch.where(mask, coords, float("inf")).amin((1, 2))
+    hi = torch.where(mask, coords, float("-inf")).amax((1, 2))
     centre = (lo + hi) / 2
     radius = torch.linalg.vector_norm((centre - lo) + _RADIUS_EPS)
     return centre, radius
 
 
 def _component_scale(
-    pixels: torch.Tensor, handles: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor
+    rows: torch.Tensor, cols: torch.Tensor, handles: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stretch factor ``s_i(C)`` of every drag at every pixel, and the distances ``|C - A_i|``.
 
-    ``pixels``: ``(N, 2)`` integer positions as floats, ``(row, col)``; ``handles``: ``(K, 2)``.
+    ``rows``, ``cols``: ``(N,)`` float pixel positions; ``handles``: ``(K, 2)`` as ``(row, col)``.
     Returns two ``(K, N)`` tensors. The float operations follow the reference's order.
     """
-    ac = pixels[None, :, :] - handles[:, None, :]  # (K, N, 2)
-    oa = (handles - centre)[:, None, :]  # (K, 1, 2)
-    ac_norm = torch.linalg.vector_norm(ac, dim=-1)  # (K, N)
-    e = ac / ac_norm[..., None]
-    l0 = (ac * oa).sum(-1) / ac_norm
-    l1 = torch.sqrt(radius * radius - (oa * oa).sum(-1) + l0 * l0)
-    ap = (l1 - l0)[..., None] * e
-    pc = ac - ap
-    scale = torch.linalg.vector_norm(pc, dim=-1) / torch.linalg.vector_norm(ap, dim=-1)
-    scale = torch.where(torch.isfinite(scale), scale, torch.zeros_like(scale)).clamp(0.0, 1.0)
-    at_handle = (ac == 0).all(-1)
-    scale = torch.where(at_handle, torch.ones_like(scale), scale)
-    return scale, ac_norm
+    ac_r = rows - handles[:, :1]  # (K, N)
+    ac_c = cols - handles[:, 1:]
+    oa_r = handles[:, :1] - centre[0]  # (K, 1)
+    oa_c = handles[:, 1:] - centre[1]
+    ac_len = torch.hypot(ac_r, ac_c)
+    e_r, e_c = ac_r / ac_len, ac_c / ac_len
+    l0 = (ac_r * oa_r + ac_c * oa_c) / ac_len
+    l1 = torch.sqrt(radius * radius - (oa_r * oa_r + oa_c * oa_c) + l0 * l0)
+    ap_r, ap_c = (l1 - l0) * e_r, (l1 - l0) * e_c
+    scale = torch.hypot(ac_r - ap_r, ac_c - ap_c) / torch.hypot(ap_r, ap_c)
+    scale = torch.nan_to_num(scale, nan=0.0, posinf=0.0, neginf=0.0).clamp_(0.0, 1.0)
+    # At the handle itself 0/0 above; the pixel moves by the whole drag.
+    scale = torch.where(ac_len == 0, 1.0, scale)
+    return scale, ac_len
 
 
 def warpage_field(
@@ -198,23 +220,28 @@ def warpage_field(
     if validate:
         check_points(handles, targets, tuple(mask.shape))
     height, width = mask.shape
-    rows = torch.arange(height, device=mask.device)[:, None]
-    cols = torch.arange(width, device=mask.device)[None, :]
-    centre, radius = _circle_of_mask(mask, rows, cols)
-
-    pixels = torch.stack(torch.broadcast_tensors(rows, cols), dim=-1).reshape(-1, 2).float()
-    scale, distance = _component_scale(pixels, handles, centre, radius)  # (K, N)
+    coords = _float_coords(height, width, mask.device)
+    centre, radius = _circle_of_mask(mask, coords)
+    scale, distance = _component_scale(coords[0].reshape(-1), coords[1].reshape(-1), handles, centre, radius)
     weights = 1.0 / (distance + _WEIGHT_EPS)
     weights = weights / weights.sum(0, keepdim=True)
-    drags = targets - handles  # (K, 2)
-    field = ((weights * scale)[..., None] * drags[:, None, :]).sum(0)  # (N, 2)
-    field = field.reshape(height, width, 2)
-    return torch.where(mask[..., None], field, torch.zeros_like(field))
+    field = (weights * scale).t() @ (targets - handles)  # (N, 2)
+    return torch.where(mask[..., None], field.reshape(height, width, 2), 0.0)
 
 
 # --------------------------------------------------------------------------------------------
 # Relocation
 # --------------------------------------------------------------------------------------------
+
+
+def _pixels_first(latents: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(H * W, B * C)``: gathering whole rows of it is fast on every device."""
+    return latents.reshape(-1, latents.shape[-2] * latents.shape[-1]).t().contiguous()
+
+
+def _pixels_last(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_pixels_first`, shaped like ``like``."""
+    return rows.t().reshape(like.shape).contiguous()
 
 
 def relocate(
@@ -237,28 +264,27 @@ def relocate(
     if validate:
         check_mask(mask)
         check_latents(latents, tuple(mask.shape))
-        _check_grid(field, tuple(mask.shape), "field", torch.float32, (2,))
-    size = tuple(latents.shape[-2:])
-    height, width = size
+        _check_tensor(field, "field", torch.float32, (*mask.shape, 2))
+    height, width = latents.shape[-2:]
     count = height * width
-    rows = torch.arange(height, device=latents.device)[:, None].expand(height, width)
-    cols = torch.arange(width, device=latents.device)[None, :].expand(height, width)
-    dest_row = torch.round(rows + field[..., 0].to(latents.device)).clamp(0, height - 1).long()
-    dest_col = torch.round(cols + field[..., 1].to(latents.device)).clamp(0, width - 1).long()
-    mask = mask.to(latents.device)
+    device = latents.device
+    rows, cols = _grid(height, width, device)
+    field = field.to(device)
+    mask = mask.to(device)
+    dest_row = torch.round(rows + field[..., 0]).clamp_(0, height - 1).long()
+    dest_col = torch.round(cols + field[..., 1]).clamp_(0, width - 1).long()
     # Pixels outside the mask send to a dummy slot past the grid, so no branch is needed.
     destination = torch.where(mask, dest_row * width + dest_col, count).reshape(-1)
-    source = torch.arange(count, device=latents.device)
-    winner = torch.full((count + 1,), count, dtype=torch.long, device=latents.device)
+    source = _flat_index(count, device)
+    winner = torch.full((count + 1,), count, dtype=torch.long, device=device)
     winner.scatter_reduce_(0, destination, source, reduce="amin", include_self=True)
     winner = winner[:count]
     written = winner < count
 
     null = mask & ~written.reshape(height, width)
     gather_from = torch.where(written, winner, source)
-    flat = latents.reshape(*latents.shape[:-2], count)
-    relocated = flat.index_select(-1, gather_from).reshape(latents.shape)
-    return relocated, null
+    relocated = _pixels_first(latents).index_select(0, gather_from)
+    return _pixels_last(relocated, latents), null
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,29 +292,32 @@ def relocate(
 # --------------------------------------------------------------------------------------------
 
 
-def _nearest_before(filled: torch.Tensor, dim: int) -> torch.Tensor:
-    """For each position along ``dim``, the index of the nearest filled position strictly before it.
+@functools.lru_cache(maxsize=16)
+def _direction_tables(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Index tables that let BNNI look in all four directions with a single ``cummax``.
 
-    ``-1`` where there is none. ``filled`` is a bool ``(H, W)`` tensor.
+    The grid is padded to a square of side ``S = max(H, W)`` and viewed four ways: as is (looking
+    left), mirrored (right), transposed (up) and transposed then mirrored (down). In every view,
+    "nearest filled pixel before me along the last axis" is the neighbour wanted.
+
+    Returns:
+        ``position``: ``(S,)`` int64, the index along the last axis;
+        ``flat``: ``(4, S, S)`` int64, the row-major index ``row * W + col`` of each view's pixel
+        in the unpadded grid (0 on padding, which is never filled, so never read);
+        ``back``: ``(4, H * W)`` int64, where each unpadded pixel sits in each flattened view.
     """
-    index_shape = [1, 1]
-    index_shape[dim] = filled.shape[dim]
-    index = torch.arange(filled.shape[dim], device=filled.device).reshape(index_shape).expand_as(filled)
-    last = torch.where(filled, index, -1).cummax(dim).values
-    # Shift by one so a position does not count itself.
-    previous = torch.full_like(last, -1)
-    if dim == 0:
-        previous[1:] = last[:-1]
-    else:
-        previous[:, 1:] = last[:, :-1]
-    return previous
-
-
-def _nearest_after(filled: torch.Tensor, dim: int) -> torch.Tensor:
-    """Like :func:`_nearest_before`, looking forward; ``-1`` where there is none."""
-    size = filled.shape[dim]
-    flipped = _nearest_before(filled.flip(dim), dim).flip(dim)
-    return torch.where(flipped >= 0, size - 1 - flipped, -1)
+    side = max(height, width)
+    rows = torch.arange(side)[:, None].expand(side, side)
+    cols = torch.arange(side)[None, :].expand(side, side)
+    inside = (rows < height) & (cols < width)
+    flat = torch.where(inside, rows * width + cols, 0)
+    views = torch.stack([flat, flat.flip(1), flat.t(), flat.t().flip(1)])
+    inside_views = torch.stack([inside, inside.flip(1), inside.t(), inside.t().flip(1)]).reshape(4, -1)
+    back = torch.empty(4, height * width, dtype=torch.long)
+    for view in range(4):  # four small host-side scatters, once per grid size
+        keep = inside_views[view]
+        back[view, views[view].reshape(-1)[keep]] = torch.arange(side * side)[keep]
+    return torch.arange(side, device=device), views.to(device), back.to(device)
 
 
 def bnni(latents: torch.Tensor, null: torch.Tensor, validate: bool = True) -> torch.Tensor:
@@ -305,37 +334,32 @@ def bnni(latents: torch.Tensor, null: torch.Tensor, validate: bool = True) -> to
     Returns:
         A new tensor like ``latents``; the weighted mean is computed in float32.
     """
-    size = tuple(latents.shape[-2:])
     if validate:
-        check_latents(latents, size)
-        _check_grid(null, size, "null", torch.bool)
+        _check_tensor(null, "null", torch.bool)
+        check_latents(latents, tuple(null.shape))
+    height, width = latents.shape[-2:]
+    position, views, back = _direction_tables(height, width, latents.device)
+    side = position.shape[0]
     null = null.to(latents.device)
-    filled = ~null
-    height, width = size
-    rows = torch.arange(height, device=latents.device)[:, None].expand(height, width)
-    cols = torch.arange(width, device=latents.device)[None, :].expand(height, width)
-    source = latents.float()
-    total = torch.zeros_like(source)
-    weight_sum = torch.zeros(size, device=latents.device)
-    # Order: left, right, up, down (the oracle's order; it keeps float sums comparable).
-    for dim, neighbour in (
-        (1, _nearest_before(filled, 1)),
-        (1, _nearest_after(filled, 1)),
-        (0, _nearest_before(filled, 0)),
-        (0, _nearest_after(filled, 0)),
-    ):
-        found = neighbour >= 0
-        own = cols if dim == 1 else rows
-        distance = (own - neighbour).abs().clamp(min=1).float()
-        weight = torch.where(found, 1.0 / distance, torch.zeros_like(distance))
-        safe = neighbour.clamp(min=0)
-        flat_index = (rows * width + safe) if dim == 1 else (safe * width + cols)
-        values = source.reshape(*source.shape[:-2], -1).index_select(-1, flat_index.reshape(-1)).reshape(source.shape)
-        total = total + weight * values
-        weight_sum = weight_sum + weight
-    mean = total / weight_sum.clamp(min=torch.finfo(torch.float32).tiny)
-    replace = null & (weight_sum > 0)
-    return torch.where(replace, mean.to(latents.dtype), latents)
+    filled = F.pad(~null, (0, side - width, 0, side - height))
+    filled_views = torch.stack([filled, filled.flip(1), filled.t(), filled.t().flip(1)])
+    # For a null pixel the running max stops before the pixel itself, as it is not filled; the
+    # values computed at filled pixels are never used.
+    nearest = torch.where(filled_views, position, -1).cummax(2).values  # (4, S, S)
+    found = nearest >= 0
+    weight = torch.where(found, 1.0 / (position - nearest).clamp(min=1), 0.0).reshape(4, -1)
+    neighbour = views.gather(2, nearest.clamp(min=0)).reshape(4, -1)
+    # Back to the unpadded grid, one row per direction: (4, H * W).
+    weight = weight.gather(1, back)
+    neighbour = neighbour.gather(1, back)
+
+    values = _pixels_first(latents.float()).index_select(0, neighbour.reshape(-1))
+    values = values.reshape(4, height * width, -1)  # (4, H * W, B * C)
+    weight_sum = weight.sum(0)
+    mean = (weight[..., None] * values).sum(0) / weight_sum.clamp(min=torch.finfo(torch.float32).tiny)[:, None]
+    mean = _pixels_last(mean.to(latents.dtype), latents)
+    replace = null & (weight_sum.reshape(height, width) > 0)
+    return torch.where(replace, mean, latents)
 
 
 def fill_null(
@@ -353,9 +377,8 @@ def fill_null(
     if mode not in FILL_MODES:
         raise ValueError(f"`fill` must be one of {FILL_MODES}, got {mode!r}")
     if validate:
-        size = tuple(latents.shape[-2:])
-        check_latents(latents, size)
-        _check_grid(null, size, "null", torch.bool)
+        _check_tensor(null, "null", torch.bool)
+        check_latents(latents, tuple(null.shape))
     null = null.to(latents.device)
     if mode == "bnni":
         return bnni(latents, null, validate=False)

@@ -295,7 +295,7 @@ MASK = torch.ones(8, 8, dtype=torch.bool)
     "kwargs, message",
     [
         (dict(mask=torch.zeros(8, 8, dtype=torch.bool)), "`mask` is empty"),
-        (dict(mask=torch.ones(8, 8)), "`mask` must be a bool"),
+        (dict(mask=torch.ones(8, 8)), "`mask` must be a torch.bool"),
         (dict(mask=torch.ones(1, 8, 8, dtype=torch.bool)), "`mask` must have shape"),
         (dict(handles=torch.zeros(0, 2), targets=torch.zeros(0, 2)), "`handles` is empty"),
         (dict(targets=[[1.0, 1.0], [2.0, 2.0]]), "same number of points"),
@@ -319,8 +319,10 @@ def test_relocate_and_bnni_reject_mismatched_shapes():
         relocate(torch.zeros(1, 4, 8, 9), MASK, field)
     with pytest.raises(ValueError, match="`field` must have shape"):
         relocate(torch.zeros(1, 4, 8, 8), MASK, torch.zeros(8, 8))
-    with pytest.raises(ValueError, match="`null` must have shape"):
+    with pytest.raises(ValueError, match="`latents` must have shape"):
         bnni(torch.zeros(1, 4, 8, 8), torch.zeros(8, 9, dtype=torch.bool))
+    with pytest.raises(ValueError, match="`null` must have shape"):
+        bnni(torch.zeros(1, 4, 8, 8), torch.zeros(1, 8, 8, dtype=torch.bool))
     with pytest.raises(ValueError, match="`latents` must have shape"):
         warp_latents(torch.zeros(4, 8, 8), MASK, [[1, 1]], [[2, 2]])
     with pytest.raises(ValueError, match="`fill` must be one of"):
