@@ -1,0 +1,650 @@
+"""StableDiffusionFastDragPipeline: FastDrag (NeurIPS 2024) one-step drag editing for Diffusers.
+
+The method: DDIM-invert the image, warp the inverted latent once (latent warpage function,
+relocation, BNNI), then sample it back while the up blocks' self-attention replays the keys and
+values recorded during inversion. See ``docs/method.md``.
+
+Loadable as a package (``from fastdrag import StableDiffusionFastDragPipeline``), as a local
+``custom_pipeline`` file, or from a Hub repo whose entry file is ``pipeline.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import PIL.Image
+import torch
+from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
+
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.models import AutoencoderKL, UNet2DConditionModel
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline, StableDiffusionMixin
+from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+from diffusers.schedulers import DDIMInverseScheduler, DDIMScheduler, SchedulerMixin
+from diffusers.utils import logging, replace_example_docstring
+
+from .attention_processors import KVRecord, KVState, REPLAY, RECORD, fastdrag_attention
+from .warpage import (
+    FILL_MODES,
+    as_points,
+    check_points,
+    image_to_latent_mask,
+    image_to_latent_points,
+    warp_latents,
+)
+
+logger = logging.get_logger(__name__)
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from PIL import Image
+        >>> from fastdrag import StableDiffusionFastDragPipeline
+
+        >>> pipe = StableDiffusionFastDragPipeline.from_pretrained(
+        ...     "stable-diffusion-v1-5/stable-diffusion-v1-5", torch_dtype=torch.float16
+        ... ).to("cuda")
+        >>> image = Image.open("cat.png").convert("RGB")  # 512x512
+        >>> mask = Image.open("cat_mask.png")  # white = may move
+        >>> out = pipe(image, handle_points=[(250, 180)], target_points=[(290, 160)], mask=mask, prompt="a cat")
+        >>> out.images[0].save("cat_dragged.png")
+
+        >>> # Re-drag the same image without inverting it again: only the sampling half runs.
+        >>> inversion = pipe.invert(image, prompt="a cat")
+        >>> out = pipe(handle_points=[(250, 180)], target_points=[(230, 150)], mask=mask, inversion=inversion)
+        ```
+"""
+
+DEFAULT_STEPS = 10
+DEFAULT_STRENGTH = 0.7
+
+
+@dataclass
+class FastDragInversion:
+    """The result of :meth:`StableDiffusionFastDragPipeline.invert`, reusable for several drags.
+
+    Attributes:
+        latents: ``(1, C, h, w)`` inverted latent ``z_t`` at the last inversion timestep.
+        image_latents: ``(1, C, h, w)`` the encoded image ``z_0`` (distribution mean, scaled).
+        timesteps: the inversion's timesteps, ascending (sampling visits them descending).
+        kv_record: the up blocks' self-attention keys/values per timestep, or ``None`` when
+            inverted with ``preserve_consistency=False``.
+        prompt_embeds: ``(1, tokens, dim)`` conditional text embedding used for inversion.
+        prompt: the prompt text.
+        image_size: ``(height, width)`` of the image, in pixels.
+        num_inference_steps, inversion_strength: the schedule it was made with.
+    """
+
+    latents: torch.Tensor
+    image_latents: torch.Tensor
+    timesteps: tuple[int, ...]
+    kv_record: KVRecord | None
+    prompt_embeds: torch.Tensor
+    prompt: str
+    image_size: tuple[int, int]
+    num_inference_steps: int
+    inversion_strength: float
+
+
+def _explicit_config(config, target: type) -> dict[str, Any]:
+    """The entries of a scheduler config that ``target`` accepts, every value explicit.
+
+    ``from_config`` drops the keys listed in ``_use_default_values``; Stable Diffusion pipelines
+    patch ``steps_offset`` after construction, so it is listed there and would be lost.
+    """
+    accepted = inspect.signature(target.__init__).parameters
+    return {key: value for key, value in dict(config).items() if key in accepted}
+
+
+def ddim_scheduler_from(scheduler: SchedulerMixin) -> DDIMScheduler:
+    """The DDIM scheduler FastDrag samples with; a non-DDIM scheduler's config is converted."""
+    if isinstance(scheduler, DDIMScheduler):
+        return scheduler
+    config = _explicit_config(scheduler.config, DDIMScheduler)
+    # Clipping x0 to [-1, 1] is for pixel-space models; it would break latent inversion.
+    config.setdefault("clip_sample", False)
+    logger.info(f"FastDrag samples with DDIM: converting {type(scheduler).__name__} to DDIMScheduler.")
+    return DDIMScheduler.from_config(config)
+
+
+def inverse_scheduler_from(scheduler: DDIMScheduler) -> DDIMInverseScheduler:
+    """The DDIM inverse scheduler mirroring ``scheduler``, with ``steps_offset`` carried over."""
+    return DDIMInverseScheduler.from_config(_explicit_config(scheduler.config, DDIMInverseScheduler))
+
+
+class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
+    r"""
+    FastDrag: one-step drag-based image editing with Stable Diffusion 1.x.
+
+    This model inherits from [`DiffusionPipeline`]; see its documentation for the generic methods
+    (downloading, saving, running on a device, offloading, ...).
+
+    Args:
+        vae ([`AutoencoderKL`]): encodes and decodes images to and from latents.
+        text_encoder ([`~transformers.CLIPTextModel`]): the frozen CLIP text encoder.
+        tokenizer ([`~transformers.CLIPTokenizer`]): its tokenizer.
+        unet ([`UNet2DConditionModel`]): the denoiser. An LCM-style UNet (with
+            ``time_cond_proj_dim``) works too, as in the authors' release.
+        scheduler ([`DDIMScheduler`]): sampling scheduler. Another scheduler's config is converted
+            to DDIM (with ``clip_sample=False`` unless set), as FastDrag samples with DDIM (eta = 0).
+        safety_checker ([`StableDiffusionSafetyChecker`], *optional*): flags NSFW outputs.
+        feature_extractor ([`~transformers.CLIPImageProcessor`], *optional*): for the safety checker.
+        inverse_scheduler ([`DDIMInverseScheduler`], *optional*): built from ``scheduler``'s config
+            when missing, ``steps_offset`` included.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["safety_checker", "feature_extractor", "inverse_scheduler"]
+    _exclude_from_cpu_offload = ["safety_checker"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: SchedulerMixin,
+        safety_checker: StableDiffusionSafetyChecker | None = None,
+        feature_extractor: CLIPImageProcessor | None = None,
+        inverse_scheduler: DDIMInverseScheduler | None = None,
+        requires_safety_checker: bool = True,
+    ):
+        super().__init__()
+        if safety_checker is not None and feature_extractor is None:
+            raise ValueError(
+                "`feature_extractor` is required with a `safety_checker`; pass `safety_checker=None` to run without one."
+            )
+        scheduler = ddim_scheduler_from(scheduler)
+        if inverse_scheduler is None:
+            inverse_scheduler = inverse_scheduler_from(scheduler)
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=safety_checker,
+            feature_extractor=feature_extractor,
+            inverse_scheduler=inverse_scheduler,
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.register_to_config(requires_safety_checker=requires_safety_checker)
+        self._interrupt = False
+        self._guidance_scale = 1.0
+        self._num_timesteps = 0
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    # ----------------------------------------------------------------------------------------
+    # Inputs
+    # ----------------------------------------------------------------------------------------
+
+    def image_to_tensor(self, image) -> torch.Tensor:
+        """PIL image, ``(H, W, 3)`` array (uint8, or float in [0, 1]), or ``(3, H, W)``/``(1, 3, H, W)``
+        tensor in [0, 1] -> ``(1, 3, H, W)`` float32 in [0, 1] on the CPU. Raises on anything else."""
+        if isinstance(image, PIL.Image.Image):
+            image = np.asarray(image.convert("RGB"))
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[-1] != 3:
+                raise ValueError(f"`image` array must have shape (H, W, 3), got {image.shape}")
+            scale = 255.0 if image.dtype == np.uint8 else 1.0
+            tensor = torch.from_numpy(image.astype(np.float32) / scale).permute(2, 0, 1)[None]
+        elif isinstance(image, torch.Tensor):
+            tensor = image[None] if image.ndim == 3 else image
+            if tensor.ndim != 4 or tuple(tensor.shape[:2]) != (1, 3):
+                raise ValueError(f"`image` tensor must have shape (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
+            tensor = tensor.detach().float().cpu()
+        else:
+            raise TypeError(
+                f"`image` must be a PIL.Image.Image, an (H, W, 3) numpy array or a (3, H, W) torch.Tensor, "
+                f"got {type(image).__name__}"
+            )
+        if not bool(torch.isfinite(tensor).all()) or tensor.min() < 0 or tensor.max() > 1:
+            raise ValueError("`image` values must lie in [0, 1] (or 0..255 for uint8 arrays)")
+        height, width = tensor.shape[-2:]
+        factor = self.vae_scale_factor
+        if height % factor or width % factor:
+            raise ValueError(
+                f"`image` height and width must be multiples of the VAE scale factor {factor}, got {height}x{width}; "
+                f"resize or crop it first (for example to {height // factor * factor}x{width // factor * factor})"
+            )
+        return tensor
+
+    @staticmethod
+    def mask_to_tensor(mask, size: tuple[int, int]) -> torch.Tensor:
+        """``(H, W)`` PIL image, array or tensor (nonzero = may move), or ``None`` -> ``(H, W)`` bool."""
+        if mask is None:
+            return torch.ones(size, dtype=torch.bool)
+        if isinstance(mask, PIL.Image.Image):
+            mask = np.asarray(mask.convert("L"))
+        if isinstance(mask, np.ndarray):
+            mask = torch.from_numpy(np.ascontiguousarray(mask))
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"`mask` must be a PIL image, a numpy array, a torch.Tensor or None, got {type(mask).__name__}")
+        while mask.ndim > 2 and mask.shape[0] == 1:
+            mask = mask[0]
+        if tuple(mask.shape) != tuple(size):
+            raise ValueError(f"`mask` must have the image's size (H, W) = {tuple(size)}, got {tuple(mask.shape)}")
+        mask = mask.detach().cpu() != 0
+        if not bool(mask.any()):
+            raise ValueError("`mask` is empty: mark the region that may move with nonzero pixels, or pass None")
+        return mask
+
+    def check_schedule(self, num_inference_steps: int, inversion_strength: float) -> int:
+        """Validate the schedule; return the number of inversion (and sampling) steps."""
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}")
+        if not isinstance(inversion_strength, (int, float)) or not 0 < inversion_strength <= 1:
+            raise ValueError(f"`inversion_strength` must be in (0, 1], got {inversion_strength!r}")
+        steps = round(inversion_strength * num_inference_steps)
+        if steps < 1:
+            raise ValueError(
+                f"`inversion_strength` * `num_inference_steps` = {inversion_strength} * {num_inference_steps} "
+                "rounds to 0 steps; raise either"
+            )
+        return steps
+
+    def check_inputs(
+        self,
+        image_size: tuple[int, int],
+        handle_points,
+        target_points,
+        guidance_scale: float,
+        fill: str,
+        output_type: str,
+        generator,
+        callback_on_step_end_tensor_inputs: list[str] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate what the schedule and image checks do not; return the drags as ``(K, 2)`` image ``(x, y)``."""
+        handles = as_points(handle_points, "handle_points")
+        targets = as_points(target_points, "target_points")
+        check_points(handles, targets, image_size, names=("handle_points", "target_points"), order="xy")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+            raise ValueError(f"`guidance_scale` must be a finite number, got {guidance_scale!r}")
+        if fill not in FILL_MODES:
+            raise ValueError(f"`fill` must be one of {FILL_MODES}, got {fill!r}")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', 'latent', got {output_type!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}")
+        if callback_on_step_end_tensor_inputs is not None and not all(
+            k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
+        ):
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, "
+                f"got {callback_on_step_end_tensor_inputs}"
+            )
+        return handles, targets
+
+    def check_inversion(
+        self,
+        inversion: FastDragInversion,
+        image_size: tuple[int, int] | None,
+        prompt: str | None,
+        num_inference_steps: int | None,
+        inversion_strength: float | None,
+        preserve_consistency: bool,
+    ) -> None:
+        if not isinstance(inversion, FastDragInversion):
+            raise TypeError(f"`inversion` must come from `pipe.invert(...)`, got {type(inversion).__name__}")
+        if image_size is not None and tuple(image_size) != tuple(inversion.image_size):
+            raise ValueError(f"`image` is {image_size}, but `inversion` was made from a {inversion.image_size} image")
+        for name, given, own in (
+            ("prompt", prompt, inversion.prompt),
+            ("num_inference_steps", num_inference_steps, inversion.num_inference_steps),
+            ("inversion_strength", inversion_strength, inversion.inversion_strength),
+        ):
+            if given is not None and given != own:
+                raise ValueError(f"`{name}`={given!r} differs from the inversion's {own!r}: leave it out, or invert again")
+        if preserve_consistency and inversion.kv_record is None:
+            raise ValueError(
+                "`inversion` holds no keys/values (made with preserve_consistency=False); "
+                "invert again with preserve_consistency=True, or pass preserve_consistency=False"
+            )
+
+    def timesteps_for(self, num_inference_steps: int, steps: int) -> tuple[list[int], list[int]]:
+        """Inversion timesteps (ascending) and sampling timesteps (descending), as host ints.
+
+        Raises ``ValueError`` unless sampling visits exactly the inversion's timesteps in reverse:
+        otherwise no recorded key/value would be replayed and the zero-noise round trip breaks.
+        """
+        self.scheduler.set_timesteps(num_inference_steps)
+        self.inverse_scheduler.set_timesteps(num_inference_steps)
+        inversion = [int(t) for t in self.inverse_scheduler.timesteps[:steps]]
+        sampling = [int(t) for t in self.scheduler.timesteps[-steps:]]
+        if sampling != inversion[::-1]:
+            raise ValueError(
+                f"`scheduler` samples at {sampling} but `inverse_scheduler` inverts at {inversion}: their configs "
+                "disagree (steps_offset, timestep_spacing?). Rebuild one from the other's config."
+            )
+        return inversion, sampling
+
+    # ----------------------------------------------------------------------------------------
+    # Models
+    # ----------------------------------------------------------------------------------------
+
+    def encode_prompt(
+        self, prompt: str, device: torch.device, do_classifier_free_guidance: bool, negative_prompt: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(1, tokens, dim)`` embeddings of ``prompt`` and, with guidance, of ``negative_prompt`` (or "")."""
+
+        def embed(text: str) -> torch.Tensor:
+            ids = self.tokenizer(
+                text,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            return self.text_encoder(ids.to(device))[0]
+
+        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
+        prompt_embeds = embed(prompt).to(device=device, dtype=dtype)
+        negative_embeds = None
+        if do_classifier_free_guidance:
+            negative_embeds = embed(negative_prompt or "").to(device=device, dtype=dtype)
+        return prompt_embeds, negative_embeds
+
+    def encode_image(self, image: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``(1, 3, H, W)`` in [0, 1] -> scaled latent mean ``(1, C, H / f, W / f)``: deterministic."""
+        pixels = self.image_processor.normalize(image).to(device=device, dtype=self.vae.dtype)
+        return self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
+
+    def run_safety_checker(self, image: torch.Tensor, device: torch.device, dtype: torch.dtype):
+        if self.safety_checker is None:
+            return image, None
+        pil_images = self.image_processor.postprocess(image, output_type="pil")
+        checker_input = self.feature_extractor(pil_images, return_tensors="pt").to(device)
+        return self.safety_checker(images=image, clip_input=checker_input.pixel_values.to(dtype))
+
+    def _invert_latents(
+        self,
+        image_latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        timesteps: list[int],
+        state: KVState | None,
+    ) -> torch.Tensor:
+        """DDIM inversion from ``z_0`` over ``timesteps`` (ascending), recording K/V into ``state``."""
+        latents = image_latents.to(self.unet.dtype)
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for t in timesteps:
+                if state is not None:
+                    state.mode, state.timestep = RECORD, t
+                noise_pred = self.unet(latents, t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+                latents = self.inverse_scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                progress_bar.update()
+        return latents
+
+    @torch.no_grad()
+    def invert(
+        self,
+        image,
+        prompt: str = "",
+        num_inference_steps: int = DEFAULT_STEPS,
+        inversion_strength: float = DEFAULT_STRENGTH,
+        preserve_consistency: bool = True,
+    ) -> FastDragInversion:
+        """Encode and DDIM-invert ``image`` once, recording the self-attention keys/values.
+
+        Pass the result as ``inversion=`` to the pipeline call to drag the same image again and
+        again: each drag then costs only the warp and the sampling half.
+        """
+        pixels = self.image_to_tensor(image)
+        steps = self.check_schedule(num_inference_steps, inversion_strength)
+        if not isinstance(prompt, str):
+            raise TypeError(f"`prompt` must be a str, got {type(prompt).__name__}")
+        timesteps, _ = self.timesteps_for(num_inference_steps, steps)
+        device = self._execution_device
+        prompt_embeds, _ = self.encode_prompt(prompt, device, do_classifier_free_guidance=False)
+        image_latents = self.encode_image(pixels, device)
+        if preserve_consistency:
+            state = KVState()
+            with fastdrag_attention(self.unet, state):
+                latents = self._invert_latents(image_latents, prompt_embeds, timesteps, state)
+        else:
+            state = None
+            latents = self._invert_latents(image_latents, prompt_embeds, timesteps, None)
+        self.maybe_free_model_hooks()
+        return FastDragInversion(
+            latents=latents,
+            image_latents=image_latents,
+            timesteps=tuple(timesteps),
+            kv_record=state.record if state is not None else None,
+            prompt_embeds=prompt_embeds,
+            prompt=prompt,
+            image_size=tuple(pixels.shape[-2:]),
+            num_inference_steps=num_inference_steps,
+            inversion_strength=float(inversion_strength),
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # The call
+    # ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        image: PIL.Image.Image | np.ndarray | torch.Tensor | None = None,
+        handle_points=None,
+        target_points=None,
+        mask: PIL.Image.Image | np.ndarray | torch.Tensor | None = None,
+        prompt: str | None = None,
+        num_inference_steps: int | None = None,
+        inversion_strength: float | None = None,
+        guidance_scale: float = 1.0,
+        negative_prompt: str | None = None,
+        fill: str = "bnni",
+        preserve_consistency: bool = True,
+        inversion: FastDragInversion | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+    ):
+        r"""
+        Drag the content of ``image`` from each handle point to its target point.
+
+        Args:
+            image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`):
+                The image: PIL, ``(H, W, 3)`` uint8 array, or ``(3, H, W)``/``(1, 3, H, W)`` tensor in
+                [0, 1]. H and W must be multiples of ``pipe.vae_scale_factor`` (8 for SD). May be
+                left out when ``inversion`` is given.
+            handle_points, target_points (sequence of `(x, y)`):
+                Image pixels, ``x`` the column and ``y`` the row; the same number of each, at least
+                one. ``0 <= x < W``, ``0 <= y < H``; fractions allowed.
+            mask (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`, *optional*):
+                ``(H, W)``, nonzero where content may move. ``None`` lets the whole image move.
+            prompt (`str`, *optional*): text condition for every UNet call; default "" (or the
+                inversion's prompt).
+            num_inference_steps (`int`, *optional*): DDIM schedule length; default 10 (or the
+                inversion's).
+            inversion_strength (`float`, *optional*): fraction of the schedule inverted, in (0, 1];
+                default 0.7 (or the inversion's). ``round(strength * steps)`` UNet calls invert and
+                as many sample.
+            guidance_scale (`float`, defaults to 1.0): classifier-free guidance while sampling;
+                1.0 (the method's default) turns it off. Inversion never uses guidance.
+            negative_prompt (`str`, *optional*): the unconditional text when guidance is on.
+            fill (`str`, defaults to `"bnni"`): how the pixels left empty by the warp are filled:
+                `"bnni"`, `"original"`, `"zeros"` or `"noise"`.
+            preserve_consistency (`bool`, defaults to `True`): replay the self-attention keys and
+                values recorded during inversion while sampling.
+            inversion (`FastDragInversion`, *optional*): the result of `pipe.invert(image, ...)`;
+                skips encoding and inversion. It is not modified, so it can serve many drags.
+            generator (`torch.Generator`, *optional*): used by ``fill="noise"`` only.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"`.
+            return_dict (`bool`, defaults to `True`): return a `StableDiffusionPipelineOutput`.
+            callback_on_step_end (`Callable`, *optional*): called after each sampling step as
+                ``callback_on_step_end(pipe, i, t, callback_kwargs)``; may return new ``latents``.
+            callback_on_step_end_tensor_inputs (`list[str]`): tensors passed to the callback.
+
+        Examples:
+
+        Returns:
+            [`~pipelines.stable_diffusion.StableDiffusionPipelineOutput`] or `tuple`: the edited
+            images, and NSFW flags (``None`` without a safety checker).
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
+        # 1. Check inputs, before any model runs.
+        if handle_points is None or target_points is None:
+            raise ValueError("`handle_points` and `target_points` are required: give at least one drag")
+        if image is None and inversion is None:
+            raise ValueError("`image` is required unless `inversion` (from `pipe.invert`) is given")
+        pixels = self.image_to_tensor(image) if image is not None else None
+        if inversion is not None:
+            self.check_inversion(
+                inversion,
+                tuple(pixels.shape[-2:]) if pixels is not None else None,
+                prompt,
+                num_inference_steps,
+                inversion_strength,
+                preserve_consistency,
+            )
+            prompt, num_inference_steps, inversion_strength = (
+                inversion.prompt,
+                inversion.num_inference_steps,
+                inversion.inversion_strength,
+            )
+            image_size = inversion.image_size
+        else:
+            image_size = tuple(pixels.shape[-2:])
+        prompt = "" if prompt is None else prompt
+        if not isinstance(prompt, str) or not (negative_prompt is None or isinstance(negative_prompt, str)):
+            raise TypeError("`prompt` and `negative_prompt` must be strings")
+        num_inference_steps = DEFAULT_STEPS if num_inference_steps is None else num_inference_steps
+        inversion_strength = DEFAULT_STRENGTH if inversion_strength is None else inversion_strength
+        steps = self.check_schedule(num_inference_steps, inversion_strength)
+        handles_xy, targets_xy = self.check_inputs(
+            image_size, handle_points, target_points, guidance_scale, fill, output_type, generator,
+            callback_on_step_end_tensor_inputs,
+        )
+        pixel_mask = self.mask_to_tensor(mask, image_size)
+        inversion_timesteps, timesteps = self.timesteps_for(num_inference_steps, steps)
+
+        self._guidance_scale = guidance_scale
+        self._num_timesteps = len(timesteps)
+        self._interrupt = False
+
+        # 2. Define call parameters.
+        device = self._execution_device
+        latent_mask = image_to_latent_mask(pixel_mask, self.vae_scale_factor).to(device)
+        handles = image_to_latent_points(handles_xy, self.vae_scale_factor).to(device)
+        targets = image_to_latent_points(targets_xy, self.vae_scale_factor).to(device)
+
+        # 3. Encode the prompt.
+        if inversion is not None:
+            prompt_embeds = inversion.prompt_embeds.to(device)
+            negative_embeds = None
+            if self.do_classifier_free_guidance:
+                negative_embeds = self.encode_prompt(negative_prompt or "", device, False)[0]
+        else:
+            prompt_embeds, negative_embeds = self.encode_prompt(
+                prompt, device, self.do_classifier_free_guidance, negative_prompt
+            )
+
+        state = None
+        if preserve_consistency:
+            state = KVState(record=inversion.kv_record) if inversion is not None else KVState()
+        attention = fastdrag_attention(self.unet, state) if state is not None else contextlib.nullcontext()
+        try:
+            with attention:
+                # 4. Encode the image and invert it (or reuse a cached inversion).
+                if inversion is None:
+                    image_latents = self.encode_image(pixels, device)
+                    latents = self._invert_latents(image_latents, prompt_embeds, inversion_timesteps, state)
+                else:
+                    latents = inversion.latents.to(device)
+
+                # 5. One-step warpage: LWF, relocation and filling of the null pixels.
+                latents = warp_latents(latents, latent_mask, handles, targets, fill=fill, generator=generator, validate=False)
+
+                # 6. Sample back to t = 0, replaying the recorded keys/values.
+                latents, prompt_embeds = self._sample(
+                    latents, prompt_embeds, negative_embeds, timesteps, state,
+                    callback_on_step_end, callback_on_step_end_tensor_inputs,
+                )
+        finally:
+            # A record this call made dies with it; one from `pipe.invert` belongs to the caller.
+            if state is not None and inversion is None:
+                state.record.clear()
+
+        # 7. Decode and post-process.
+        if output_type != "latent":
+            image = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+            image, has_nsfw_concept = self.run_safety_checker(image, device, prompt_embeds.dtype)
+            do_denormalize = [True] * image.shape[0] if has_nsfw_concept is None else [not n for n in has_nsfw_concept]
+            image = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=do_denormalize)
+        else:
+            image, has_nsfw_concept = latents, None
+
+        # 8. Offload all models.
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (image, has_nsfw_concept)
+        return StableDiffusionPipelineOutput(images=image, nsfw_content_detected=has_nsfw_concept)
+
+    def _sample(
+        self,
+        latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        negative_embeds: torch.Tensor | None,
+        timesteps: list[int],
+        state: KVState | None,
+        callback_on_step_end,
+        callback_on_step_end_tensor_inputs: list[str],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """DDIM sampling (eta = 0) over ``timesteps`` (descending); returns the latents and the embeddings."""
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                if state is not None:
+                    state.mode, state.timestep = REPLAY, t
+                embeds = prompt_embeds if negative_embeds is None else torch.cat([negative_embeds, prompt_embeds])
+                model_input = latents if negative_embeds is None else torch.cat([latents] * 2)
+                noise_pred = self.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+                if negative_embeds is not None:
+                    noise_uncond, noise_text = noise_pred.chunk(2)
+                    noise_pred = noise_uncond + self.guidance_scale * (noise_text - noise_uncond)
+                latents = self.scheduler.step(noise_pred, t, latents, eta=0.0, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {"latents": latents, "prompt_embeds": prompt_embeds}
+                    callback_kwargs = {k: callback_kwargs[k] for k in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                progress_bar.update()
+        return latents, prompt_embeds
+

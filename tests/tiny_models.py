@@ -1,0 +1,94 @@
+"""Tiny random-weight Stable Diffusion components, built in code (nothing is downloaded).
+
+The VAE has two levels, so ``vae_scale_factor`` is 2, not 8: tests catch any literal 8.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+IMAGE_SIZE = 32  # pixels; the latent is 16 x 16
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2's byte-to-unicode table, the alphabet a CLIP tokenizer's vocabulary is built on."""
+    visible = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = visible[:], 0
+    for b in range(256):
+        if b not in visible:
+            chars.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in chars]
+
+
+def tiny_tokenizer(directory: str | None = None) -> CLIPTokenizer:
+    """A CLIP tokenizer from a small vocab (bytes only, no merges), written to ``directory`` and loaded back."""
+    directory = directory or tempfile.mkdtemp(prefix="tiny-clip-tokenizer-")
+    alphabet = _bytes_to_unicode()
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]
+    with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump({token: i for i, token in enumerate(tokens)}, f)
+    with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+    return CLIPTokenizer(
+        os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt"), model_max_length=16
+    )
+
+
+def tiny_text_encoder() -> CLIPTextModel:
+    torch.manual_seed(0)
+    config = CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, vocab_size=600, max_position_embeddings=16,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def tiny_unet(time_cond_proj_dim: int | None = None, seed: int = 0) -> UNet2DConditionModel:
+    """Self-attention in the up blocks at 16x16 (2 layers) and cross-attention to a 32-dim text."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=4, cross_attention_dim=32,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        time_cond_proj_dim=time_cond_proj_dim,
+    ).eval()
+
+
+def tiny_vae() -> AutoencoderKL:
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=IMAGE_SIZE,
+    ).eval()
+
+
+def sd_scheduler() -> DDIMScheduler:
+    """Stable Diffusion 1.5's DDIM settings, as the authors' release uses them."""
+    return DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    )
+
+
+def tiny_components(**overrides) -> dict:
+    components = dict(
+        vae=tiny_vae(), text_encoder=tiny_text_encoder(), tokenizer=tiny_tokenizer(), unet=tiny_unet(),
+        scheduler=sd_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    components.update(overrides)
+    return components
+
+
+def tiny_image(seed: int = 0) -> torch.Tensor:
+    """A smooth ``(3, 32, 32)`` test image in [0, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, 4, 4, generator=generator)
+    return torch.nn.functional.interpolate(coarse, size=IMAGE_SIZE, mode="bilinear", align_corners=False)[0]
