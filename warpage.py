@@ -47,6 +47,8 @@ def as_points(points: PointsLike, name: str, device: torch.device | None = None)
             tensor = torch.as_tensor(np.asarray(points, dtype=np.float64), dtype=torch.float32, device=device)
         except (TypeError, ValueError) as error:
             raise ValueError(f"`{name}` must be a sequence of 2-element points, got {points!r}") from error
+    if tensor.numel() == 0:
+        tensor = tensor.reshape(0, 2)  # so that `check_points` can say "empty"
     if tensor.ndim == 1 and tensor.numel() == 2:
         tensor = tensor[None]
     if tensor.ndim != 2 or tensor.shape[1] != 2:

@@ -1,0 +1,313 @@
+import gc
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMInverseScheduler, DDIMScheduler, PNDMScheduler
+from diffusers.configuration_utils import FrozenDict
+from PIL import Image
+
+from fastdrag import StableDiffusionFastDragPipeline, attention_processors
+from fastdrag.attention_processors import KVRecord, KVState, up_block_self_attention_layers
+from fastdrag.warpage import image_to_latent_mask, image_to_latent_points, warp_latents
+from tiny_models import IMAGE_SIZE, tiny_components, tiny_image
+
+HANDLES = [(10.0, 12.0), (20.5, 19.0)]  # image (x, y)
+TARGETS = [(15.0, 12.0), (22.0, 25.5)]
+
+
+def drag(pipe, **kwargs):
+    args = dict(image=tiny_image(), handle_points=HANDLES, target_points=TARGETS, prompt="a cat")
+    args.update(kwargs)
+    return pipe(**args)
+
+
+def count_unet_calls(pipe) -> list:
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls
+
+
+def live_records() -> list:
+    gc.collect()
+    return [o for o in gc.get_objects() if type(o) is KVRecord and len(o)]
+
+
+def processors_of(pipe) -> dict:
+    return dict(pipe.unet.attn_processors)
+
+
+def test_call_returns_image_of_input_size_and_is_deterministic(pipe):
+    first = drag(pipe)
+    assert isinstance(first.images[0], Image.Image) and first.images[0].size == (IMAGE_SIZE, IMAGE_SIZE)
+    assert first.nsfw_content_detected is None
+    a = drag(pipe, output_type="np").images
+    b = drag(pipe, output_type="np").images
+    assert a.shape == (1, IMAGE_SIZE, IMAGE_SIZE, 3) and np.array_equal(a, b)
+    assert np.array_equal(np.asarray(first.images[0]), (a[0] * 255).round().astype(np.uint8))
+
+
+def test_default_schedule_is_seven_inversion_and_seven_sampling_calls(pipe):
+    calls = count_unet_calls(pipe)
+    drag(pipe)
+    assert len(calls) == 14
+    assert pipe.timesteps_for(10, 7) == ([1, 101, 201, 301, 401, 501, 601], [601, 501, 401, 301, 201, 101, 1])
+
+
+@pytest.mark.parametrize("mask_given", [False, True])
+def test_zero_noise_unet_round_trip_equals_warped_encoding(pipe, mask_given):
+    # A UNet whose last conv is zero predicts zero noise: DDIM inversion then sampling is then a pure
+    # rescaling that cancels exactly iff both visit the same timesteps, and the warp sits between.
+    torch.nn.init.zeros_(pipe.unet.conv_out.weight)
+    torch.nn.init.zeros_(pipe.unet.conv_out.bias)
+    image = tiny_image(1)
+    mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    mask[4:28, 6:30] = 255
+    out = drag(pipe, image=image, mask=mask if mask_given else None, output_type="latent").images
+
+    encoded = pipe.encode_image(image[None], torch.device("cpu"))
+    latent_mask = image_to_latent_mask(torch.from_numpy(mask) if mask_given else torch.ones(32, 32), 2)
+    want = warp_latents(
+        encoded, latent_mask, image_to_latent_points(HANDLES, 2), image_to_latent_points(TARGETS, 2)
+    )
+    assert not torch.allclose(want, encoded, atol=1e-3)  # the drag did move something
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+
+
+def test_points_are_scaled_by_the_vae_scale_factor(pipe):
+    assert pipe.vae_scale_factor == 2  # tiny VAE: two levels
+    torch.nn.init.zeros_(pipe.unet.conv_out.weight)
+    torch.nn.init.zeros_(pipe.unet.conv_out.bias)
+    out = drag(pipe, handle_points=[(8, 8)], target_points=[(8, 8)], output_type="latent").images
+    # A zero-length drag changes nothing: the latent comes back as encoded.
+    torch.testing.assert_close(out, pipe.encode_image(tiny_image()[None], torch.device("cpu")), atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Schedulers
+# --------------------------------------------------------------------------------------------
+
+
+def test_inverse_scheduler_keeps_a_patched_steps_offset():
+    # Stable Diffusion pipelines patch steps_offset after construction, leaving it in
+    # `_use_default_values`, which `from_config` silently drops.
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
+    config = dict(scheduler.config)
+    config["steps_offset"] = 1
+    scheduler._internal_dict = FrozenDict(config)
+    assert DDIMInverseScheduler.from_config(scheduler.config).config.steps_offset == 0  # the trap itself
+
+    pipe = StableDiffusionFastDragPipeline(**tiny_components(scheduler=scheduler))
+    assert pipe.inverse_scheduler.config.steps_offset == 1
+    assert pipe.timesteps_for(10, 7)[0] == [1, 101, 201, 301, 401, 501, 601]
+
+
+def test_sd15_pndm_scheduler_is_converted_to_ddim():
+    pndm = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+        set_alpha_to_one=False, steps_offset=1,
+    )
+    pipe = StableDiffusionFastDragPipeline(**tiny_components(scheduler=pndm))
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.scheduler.config.steps_offset == 1
+    assert pipe.scheduler.config.clip_sample is False and pipe.scheduler.config.set_alpha_to_one is False
+    assert pipe.inverse_scheduler.config.set_alpha_to_one is False
+
+
+def test_disagreeing_inverse_scheduler_is_rejected_before_any_unet_call(pipe):
+    pipe.inverse_scheduler = DDIMInverseScheduler.from_config(pipe.scheduler.config, steps_offset=0)
+    calls = count_unet_calls(pipe)
+    with pytest.raises(ValueError, match="disagree"):
+        drag(pipe)
+    assert calls == []
+
+
+# --------------------------------------------------------------------------------------------
+# Consistency preservation
+# --------------------------------------------------------------------------------------------
+
+
+def spy_on_exchange(monkeypatch) -> list:
+    log = []
+    original = KVState.exchange
+
+    def exchange(self, layer, key, value):
+        out = original(self, layer, key, value)
+        log.append((self.mode, self.timestep, layer, key.shape[0], out[0].data_ptr()))
+        return out
+
+    monkeypatch.setattr(KVState, "exchange", exchange)
+    return log
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_each_up_block_layer_records_once_per_step_and_replays_at_the_same_step(pipe, monkeypatch, guidance_scale):
+    log = spy_on_exchange(monkeypatch)
+    drag(pipe, guidance_scale=guidance_scale)
+    layers = up_block_self_attention_layers(pipe.unet.attn_processors)
+    assert len(layers) == 2 and all(".attn1." in name for name in layers)
+    inversion, sampling = pipe.timesteps_for(10, 7)
+
+    recorded = [(t, layer) for mode, t, layer, _, _ in log if mode == "record"]
+    replayed = [(t, layer) for mode, t, layer, _, _ in log if mode == "replay"]
+    assert sorted(recorded) == sorted((t, layer) for t in inversion for layer in layers)
+    assert len(set(recorded)) == len(recorded)
+    assert replayed == [(t, layer) for t in sampling for layer in layers]
+    # The replayed keys are the recorded tensors themselves, shared across the guidance batch.
+    recorded_ptr = {(t, layer): ptr for mode, t, layer, _, ptr in log if mode == "record"}
+    batch = 2 if guidance_scale > 1 else 1
+    for mode, t, layer, key_batch, ptr in log:
+        if mode == "replay":
+            assert ptr == recorded_ptr[(t, layer)] and key_batch == batch
+        else:
+            assert key_batch == 1  # inversion runs on the conditional branch alone
+
+
+def test_nothing_is_left_recorded_after_the_call(pipe):
+    drag(pipe)
+    assert live_records() == []
+    assert not any(isinstance(p, attention_processors.FastDragAttnProcessor) for p in processors_of(pipe).values())
+
+
+def test_consistency_on_and_off_differ(pipe):
+    on = drag(pipe, output_type="np").images
+    off = drag(pipe, output_type="np", preserve_consistency=False).images
+    assert np.abs(on - off).max() > 1e-3
+
+
+def test_off_records_nothing_and_installs_nothing(pipe, monkeypatch):
+    log = spy_on_exchange(monkeypatch)
+    drag(pipe, preserve_consistency=False)
+    assert log == []
+
+
+def test_redrag_from_cached_inversion_matches_full_call_and_runs_only_sampling(pipe):
+    full = drag(pipe, output_type="np").images
+    inversion = pipe.invert(tiny_image(), prompt="a cat")
+    assert inversion.timesteps == (1, 101, 201, 301, 401, 501, 601)
+    assert len(inversion.kv_record) == 7 * 2
+    calls = count_unet_calls(pipe)
+    again = pipe(handle_points=HANDLES, target_points=TARGETS, inversion=inversion, output_type="np").images
+    assert len(calls) == 7
+    np.testing.assert_array_equal(full, again)
+    # The inversion is not consumed: a second, different drag works from it too.
+    other = pipe(handle_points=[(5, 5)], target_points=[(9, 5)], inversion=inversion, output_type="np").images
+    assert len(inversion.kv_record) == 14 and not np.array_equal(other, again)
+
+
+def test_inversion_rejects_conflicting_arguments(pipe):
+    inversion = pipe.invert(tiny_image(), prompt="a cat", preserve_consistency=False)
+    with pytest.raises(ValueError, match="`num_inference_steps`=20 differs"):
+        pipe(handle_points=HANDLES, target_points=TARGETS, inversion=inversion, num_inference_steps=20)
+    with pytest.raises(ValueError, match="holds no keys/values"):
+        pipe(handle_points=HANDLES, target_points=TARGETS, inversion=inversion)
+    with pytest.raises(ValueError, match="`image` is"):
+        pipe(torch.zeros(3, 16, 16), HANDLES, TARGETS, inversion=inversion, preserve_consistency=False)
+    with pytest.raises(TypeError, match="`inversion` must come from"):
+        pipe(handle_points=HANDLES, target_points=TARGETS, inversion={"latents": 0})
+
+
+# --------------------------------------------------------------------------------------------
+# Processors are restored
+# --------------------------------------------------------------------------------------------
+
+
+def test_processors_identical_after_call_and_after_exception_in_callback(pipe):
+    before = processors_of(pipe)
+    drag(pipe)
+    assert processors_of(pipe) == before and all(processors_of(pipe)[k] is v for k, v in before.items())
+
+    def explode(pipeline, i, t, kwargs):
+        raise RuntimeError("stop at step %d" % i)
+
+    with pytest.raises(RuntimeError, match="stop at step 0"):
+        drag(pipe, callback_on_step_end=explode)
+    assert all(processors_of(pipe)[k] is v for k, v in before.items())
+    assert live_records() == []
+
+
+def test_processors_restored_after_keyboard_interrupt_with_attention_slicing(pipe):
+    pipe.enable_attention_slicing()
+    before = processors_of(pipe)
+    assert "Sliced" in type(next(iter(before.values()))).__name__
+
+    def interrupt(pipeline, i, t, kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        drag(pipe, callback_on_step_end=interrupt)
+    assert all(processors_of(pipe)[k] is v for k, v in before.items())
+
+
+def test_callback_can_replace_latents_and_interrupt(pipe):
+    seen = []
+
+    def callback(pipeline, i, t, kwargs):
+        seen.append((i, t))
+        if i == 2:
+            pipeline._interrupt = True
+        return {"latents": kwargs["latents"]}
+
+    drag(pipe, callback_on_step_end=callback)
+    assert seen == [(0, 601), (1, 501), (2, 401)]
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------
+
+BAD_INPUTS = [
+    (dict(handle_points=[(32, 5), (1, 1)]), ValueError, r"`handle_points` has points outside.*0 <= x < 32"),
+    (dict(target_points=[(5, -1), (3, 3)]), ValueError, r"`target_points` has points outside"),
+    (dict(handle_points=[(float("nan"), 5), (1, 1)]), ValueError, "`handle_points` contains a non-finite"),
+    (dict(target_points=[(1, 1)]), ValueError, "same number of points"),
+    (dict(handle_points=[], target_points=[]), ValueError, "`handle_points` is empty"),
+    (dict(handle_points=None), ValueError, "`handle_points` and `target_points` are required"),
+    (dict(inversion_strength=0.0), ValueError, r"`inversion_strength` must be in \(0, 1\]"),
+    (dict(inversion_strength=1.5), ValueError, r"`inversion_strength` must be in \(0, 1\]"),
+    (dict(inversion_strength=0.04), ValueError, "rounds to 0 steps"),
+    (dict(num_inference_steps=0), ValueError, "`num_inference_steps` must be an integer >= 1"),
+    (dict(mask=np.ones((16, 32))), ValueError, r"`mask` must have the image's size"),
+    (dict(mask=np.zeros((32, 32))), ValueError, "`mask` is empty"),
+    (dict(mask="mask.png"), TypeError, "`mask` must be"),
+    (dict(image="cat.png"), TypeError, "`image` must be a PIL.Image.Image"),
+    (dict(image=torch.rand(3, 31, 32)), ValueError, "multiples of the VAE scale factor 2"),
+    (dict(image=torch.rand(3, 32, 32) * 2), ValueError, r"`image` values must lie in \[0, 1\]"),
+    (dict(image=None), ValueError, "`image` is required"),
+    (dict(fill="blur"), ValueError, "`fill` must be one of"),
+    (dict(output_type="jpeg"), ValueError, "`output_type` must be one of"),
+    (dict(generator=0), TypeError, "`generator` must be a torch.Generator"),
+    (dict(callback_on_step_end_tensor_inputs=["noise_pred"]), ValueError, "callback_on_step_end_tensor_inputs"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, message", BAD_INPUTS)
+def test_bad_input_is_rejected_before_any_model_runs(pipe, kwargs, error, message):
+    calls = count_unet_calls(pipe)
+    pipe.vae.register_forward_pre_hook(lambda *a: calls.append("vae"))
+    pipe.vae.encoder.register_forward_pre_hook(lambda *a: calls.append("vae"))
+    pipe.text_encoder.register_forward_pre_hook(lambda *a: calls.append("text"))
+    before = processors_of(pipe)
+    with pytest.raises(error, match=message):
+        drag(pipe, **kwargs)
+    assert calls == []
+    assert all(processors_of(pipe)[k] is v for k, v in before.items())
+
+
+def test_fill_modes_and_guidance_run(pipe):
+    outputs = {mode: drag(pipe, fill=mode, output_type="np").images for mode in ("bnni", "original", "zeros")}
+    assert not np.array_equal(outputs["bnni"], outputs["zeros"])
+    noise = drag(pipe, fill="noise", generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert np.isfinite(noise).all()
+    guided = drag(pipe, guidance_scale=4.0, negative_prompt="blurry", output_type="np").images
+    assert guided.shape == (1, IMAGE_SIZE, IMAGE_SIZE, 3)
+
+
+def test_accepts_pil_uint8_array_and_batched_tensor(pipe):
+    tensor = tiny_image()
+    array = (tensor.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    from_array = drag(pipe, image=array, output_type="np").images
+    from_pil = drag(pipe, image=Image.fromarray(array), output_type="np").images
+    np.testing.assert_array_equal(from_array, from_pil)
+    from_batched = drag(pipe, image=tensor[None], output_type="np").images
+    assert from_batched.shape == from_array.shape
