@@ -183,6 +183,17 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         self._guidance_scale = 1.0
         self._num_timesteps = 0
 
+    @classmethod
+    def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs) -> "StableDiffusionFastDragPipeline":
+        """Build from another pipeline's components (shared, not copied), keeping their dtype.
+
+        Diffusers 0.42's ``from_pipe`` casts to float32 unless ``dtype`` is given, and since the
+        components are shared that would convert the source pipeline too.
+        """
+        if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
+            kwargs["dtype"] = pipeline.dtype
+        return super().from_pipe(pipeline, **kwargs)
+
     @property
     def guidance_scale(self) -> float:
         return self._guidance_scale
