@@ -452,7 +452,7 @@ def _mask_to_tensor(mask, size: tuple[int, int]) -> torch.Tensor:
             mask = np.asarray(mask.convert("L"))
     except ImportError:  # pragma: no cover
         pass
-    tensor = torch.as_tensor(np.asarray(mask)) if not isinstance(mask, torch.Tensor) else mask
+    tensor = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.array(mask))
     while tensor.ndim > 2 and tensor.shape[0] == 1:
         tensor = tensor[0]
     if tuple(tensor.shape) != tuple(size):

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastdrag.cli import main
+from tiny_models import IMAGE_SIZE, tiny_components, tiny_image
+
+
+@pytest.fixture
+def files(tmp_path):
+    image = (tiny_image().permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "in.png")
+    mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    mask[4:28, 4:28] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    return tmp_path
+
+
+def test_preview_writes_image(files):
+    out = files / "out.png"
+    assert main(["preview", str(files / "in.png"), "--drag", "10,12:16,12", "--mask", str(files / "mask.png"),
+                 "--arrows", "-o", str(out)]) == 0
+    assert Image.open(out).size == (IMAGE_SIZE, IMAGE_SIZE)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["preview", "missing.png", "--drag", "1,1:2,2"], "no such file: missing.png"),
+        (["preview", "{in}", "--drag", "1,1:40,2"], "`target_points` has points outside"),
+        (["edit", "{in}", "--drag", "1,1:2,2", "--model", "{tmp}/no-model"], "cannot load model"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(files, capsys, argv, message):
+    argv = [a.format(**{"in": files / "in.png", "tmp": files}) for a in argv] + ["-o", str(files / "o.png")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("fastdrag: error: ") and message in err[-1]
+
+
+def test_malformed_drag_exits_2(files, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["preview", str(files / "in.png"), "--drag", "1,1:2", "-o", "x.png"])
+    assert exit_info.value.code == 2 and "X,Y:X,Y" in capsys.readouterr().err
+
+
+def test_edit_runs_the_pipeline_on_a_local_model(files, capsys):
+    from diffusers import StableDiffusionPipeline
+
+    StableDiffusionPipeline(**tiny_components()).save_pretrained(files / "model")
+    out = files / "edited.png"
+    assert main(["edit", str(files / "in.png"), "--drag", "10,12:16,12", "--model", str(files / "model"),
+                 "--device", "cpu", "-o", str(out)]) == 0
+    assert Image.open(out).size == (IMAGE_SIZE, IMAGE_SIZE)
+    assert "edit" in capsys.readouterr().out
