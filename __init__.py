@@ -3,7 +3,11 @@
 ``warpage`` is light (torch only); the pipeline pulls in Diffusers and is imported on first use.
 """
 
-from .warpage import image_to_latent_mask, image_to_latent_points, preview_drag, warp_latents
+# Absolute imports: pytest imports this file on its own when the checkout's folder name is not a
+# Python identifier, and a relative import would fail there.
+import importlib
+
+from fastdrag.warpage import image_to_latent_mask, image_to_latent_points, preview_drag, warp_latents
 
 __version__ = "0.1.0"
 
@@ -19,7 +23,5 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in ("StableDiffusionFastDragPipeline", "FastDragInversion"):
-        from . import pipeline_fastdrag
-
-        return getattr(pipeline_fastdrag, name)
+        return getattr(importlib.import_module("fastdrag.pipeline_fastdrag"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
