@@ -37,6 +37,8 @@ from .warpage import (
     check_points,
     image_to_latent_mask,
     image_to_latent_points,
+    image_to_tensor,
+    mask_to_tensor,
     warp_latents,
 )
 
@@ -215,27 +217,9 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
     # ----------------------------------------------------------------------------------------
 
     def image_to_tensor(self, image) -> torch.Tensor:
-        """PIL image, ``(H, W, 3)`` array (uint8, or float in [0, 1]), or ``(3, H, W)``/``(1, 3, H, W)``
-        tensor in [0, 1] -> ``(1, 3, H, W)`` float32 in [0, 1] on the CPU. Raises on anything else."""
-        if isinstance(image, PIL.Image.Image):
-            image = np.asarray(image.convert("RGB"))
-        if isinstance(image, np.ndarray):
-            if image.ndim != 3 or image.shape[-1] != 3:
-                raise ValueError(f"`image` array must have shape (H, W, 3), got {image.shape}")
-            scale = 255.0 if image.dtype == np.uint8 else 1.0
-            tensor = torch.from_numpy(image.astype(np.float32) / scale).permute(2, 0, 1)[None]
-        elif isinstance(image, torch.Tensor):
-            tensor = image[None] if image.ndim == 3 else image
-            if tensor.ndim != 4 or tuple(tensor.shape[:2]) != (1, 3):
-                raise ValueError(f"`image` tensor must have shape (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
-            tensor = tensor.detach().float().cpu()
-        else:
-            raise TypeError(
-                f"`image` must be a PIL.Image.Image, an (H, W, 3) numpy array or a (3, H, W) torch.Tensor, "
-                f"got {type(image).__name__}"
-            )
-        if not bool(torch.isfinite(tensor).all()) or tensor.min() < 0 or tensor.max() > 1:
-            raise ValueError("`image` values must lie in [0, 1] (or 0..255 for uint8 arrays)")
+        """Any accepted image (see :func:`warpage.image_to_tensor`) -> ``(1, 3, H, W)`` in [0, 1],
+        with H and W checked to be multiples of ``vae_scale_factor``."""
+        tensor = image_to_tensor(image)
         height, width = tensor.shape[-2:]
         factor = self.vae_scale_factor
         if height % factor or width % factor:
@@ -244,26 +228,6 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
                 f"resize or crop it first (for example to {height // factor * factor}x{width // factor * factor})"
             )
         return tensor
-
-    @staticmethod
-    def mask_to_tensor(mask, size: tuple[int, int]) -> torch.Tensor:
-        """``(H, W)`` PIL image, array or tensor (nonzero = may move), or ``None`` -> ``(H, W)`` bool."""
-        if mask is None:
-            return torch.ones(size, dtype=torch.bool)
-        if isinstance(mask, PIL.Image.Image):
-            mask = np.asarray(mask.convert("L"))
-        if isinstance(mask, np.ndarray):
-            mask = torch.from_numpy(np.ascontiguousarray(mask))
-        if not isinstance(mask, torch.Tensor):
-            raise TypeError(f"`mask` must be a PIL image, a numpy array, a torch.Tensor or None, got {type(mask).__name__}")
-        while mask.ndim > 2 and mask.shape[0] == 1:
-            mask = mask[0]
-        if tuple(mask.shape) != tuple(size):
-            raise ValueError(f"`mask` must have the image's size (H, W) = {tuple(size)}, got {tuple(mask.shape)}")
-        mask = mask.detach().cpu() != 0
-        if not bool(mask.any()):
-            raise ValueError("`mask` is empty: mark the region that may move with nonzero pixels, or pass None")
-        return mask
 
     def check_schedule(self, num_inference_steps: int, inversion_strength: float) -> int:
         """Validate the schedule; return the number of inversion (and sampling) steps."""
@@ -559,7 +523,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
             image_size, handle_points, target_points, guidance_scale, fill, output_type, generator,
             callback_on_step_end_tensor_inputs,
         )
-        pixel_mask = self.mask_to_tensor(mask, image_size)
+        pixel_mask = mask_to_tensor(mask, image_size)
         inversion_timesteps, timesteps = self.timesteps_for(num_inference_steps, steps)
 
         self._guidance_scale = guidance_scale

@@ -421,62 +421,72 @@ def warp_latents(
 # --------------------------------------------------------------------------------------------
 
 
-def _image_to_tensor(image) -> torch.Tensor:
-    """PIL image, ``(H, W, 3)`` uint8 array or ``(3, H, W)`` tensor in [0, 1] -> ``(1, 3, H, W)`` float32 in [0, 1]."""
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - Pillow ships with diffusers
-        Image = None
-    if Image is not None and isinstance(image, Image.Image):
+def image_to_tensor(image) -> torch.Tensor:
+    """PIL image, ``(H, W, 3)`` array (uint8, or float in [0, 1]), or ``(3, H, W)``/``(1, 3, H, W)``
+    tensor in [0, 1] -> ``(1, 3, H, W)`` float32 in [0, 1] on the CPU. Raises on anything else."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[-1] != 3:
             raise ValueError(f"`image` array must have shape (H, W, 3), got {image.shape}")
-        return torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
-    if isinstance(image, torch.Tensor):
+        scale = 255.0 if image.dtype == np.uint8 else 1.0
+        tensor = torch.from_numpy(image.astype(np.float32) / scale).permute(2, 0, 1)[None]
+    elif isinstance(image, torch.Tensor):
         tensor = image[None] if image.ndim == 3 else image
-        if tensor.ndim != 4 or tensor.shape[:2] != (1, 3):
+        if tensor.ndim != 4 or tuple(tensor.shape[:2]) != (1, 3):
             raise ValueError(f"`image` tensor must have shape (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
-        return tensor.float()
-    raise TypeError(f"`image` must be a PIL image, a numpy array or a torch tensor, got {type(image).__name__}")
+        tensor = tensor.detach().float().cpu()
+    else:
+        raise TypeError(
+            f"`image` must be a PIL.Image.Image, an (H, W, 3) numpy array or a (3, H, W) torch.Tensor, "
+            f"got {type(image).__name__}"
+        )
+    if not bool(torch.isfinite(tensor).all()) or tensor.min() < 0 or tensor.max() > 1:
+        raise ValueError("`image` values must lie in [0, 1] (or 0..255 for uint8 arrays)")
+    return tensor
 
 
-def _mask_to_tensor(mask, size: tuple[int, int]) -> torch.Tensor:
-    """PIL image, array or tensor -> ``(H, W)`` bool, nonzero = may move; ``None`` = all pixels."""
+def mask_to_tensor(mask, size: tuple[int, int]) -> torch.Tensor:
+    """``(H, W)`` PIL image, array or tensor (nonzero = may move), or ``None`` (everything) ->
+    non-empty ``(H, W)`` bool on the CPU, for an image of ``size = (H, W)``."""
+    from PIL import Image
+
     if mask is None:
         return torch.ones(size, dtype=torch.bool)
-    try:
-        from PIL import Image
-
-        if isinstance(mask, Image.Image):
-            mask = np.asarray(mask.convert("L"))
-    except ImportError:  # pragma: no cover
-        pass
-    tensor = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.array(mask))
-    while tensor.ndim > 2 and tensor.shape[0] == 1:
-        tensor = tensor[0]
-    if tuple(tensor.shape) != tuple(size):
-        raise ValueError(f"`mask` must have the image's size (H, W) = {tuple(size)}, got {tuple(tensor.shape)}")
-    return tensor.cpu() != 0
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L"))
+    if isinstance(mask, np.ndarray):
+        mask = torch.from_numpy(np.array(mask))
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"`mask` must be a PIL image, a numpy array, a torch.Tensor or None, got {type(mask).__name__}")
+    while mask.ndim > 2 and mask.shape[0] == 1:
+        mask = mask[0]
+    if tuple(mask.shape) != tuple(size):
+        raise ValueError(f"`mask` must have the image's size (H, W) = {tuple(size)}, got {tuple(mask.shape)}")
+    mask = mask.detach().cpu() != 0
+    if not bool(mask.any()):
+        raise ValueError("`mask` is empty: mark the region that may move with nonzero pixels, or pass None")
+    return mask
 
 
 def preview_drag(image, mask, handle_points: PointsLike, target_points: PointsLike, fill: str = "bnni"):
     """Warp the RGB pixels themselves at image resolution: an instant, model-free preview.
 
     Args:
-        image: PIL image, ``(H, W, 3)`` uint8 array, or ``(3, H, W)``/``(1, 3, H, W)`` tensor in [0, 1].
+        image: PIL image, ``(H, W, 3)`` array, or ``(3, H, W)``/``(1, 3, H, W)`` tensor in [0, 1].
         mask: ``(H, W)`` PIL image, array or tensor, nonzero = may move; ``None`` = whole image.
         handle_points, target_points: ``(K, 2)`` image ``(x, y)`` pixels.
 
     Returns:
         The warped image, of the same kind as ``image`` (PIL, uint8 array, or float tensor).
     """
-    pixels = _image_to_tensor(image)
+    pixels = image_to_tensor(image)
     size = tuple(pixels.shape[-2:])
-    pixel_mask = _mask_to_tensor(mask, size)
+    pixel_mask = mask_to_tensor(mask, size)
     handles_xy = as_points(handle_points, "handle_points")
     targets_xy = as_points(target_points, "target_points")
-    check_mask(pixel_mask)
     check_points(handles_xy, targets_xy, size, names=("handle_points", "target_points"), order="xy")
     handles, targets = image_to_latent_points(handles_xy, 1), image_to_latent_points(targets_xy, 1)
     warped = warp_latents(pixels, pixel_mask, handles, targets, fill=fill, validate=False)
