@@ -29,7 +29,7 @@ def parse_drag(text: str) -> tuple[tuple[float, float], tuple[float, float]]:
         hx, hy = (float(v) for v in handle.split(","))
         tx, ty = (float(v) for v in target.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--drag must look like X,Y:X,Y (handle:target, pixels), got {text!r}")
+        raise argparse.ArgumentTypeError(f"--drag must look like X,Y:X,Y (handle:target, pixels), got {text!r}") from None
     return (hx, hy), (tx, ty)
 
 
@@ -41,7 +41,7 @@ def open_image(path: str, mode: str):
     try:
         return Image.open(path).convert(mode)
     except (UnidentifiedImageError, OSError) as error:
-        raise UsageError(f"cannot read image {path}: {error}")
+        raise UsageError(f"cannot read image {path}: {error}") from error
 
 
 def draw_arrows(image, drags):
@@ -68,7 +68,7 @@ def run_preview(args) -> None:
     try:
         out = preview_drag(image, mask, handles, targets)
     except ValueError as error:
-        raise UsageError(str(error))
+        raise UsageError(str(error)) from error
     if args.arrows:
         out = draw_arrows(out, args.drag)
     out.save(args.output)
@@ -98,7 +98,7 @@ def load_pipeline(model: str, unet: str | None, dtype):
         return StableDiffusionFastDragPipeline.from_pretrained(model, dtype=dtype, **kwargs)
     except Exception as error:  # Hub, file and config errors all mean "cannot load this"
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"cannot load model {unet or model!r}: {first_line}")
+        raise UsageError(f"cannot load model {unet or model!r}: {first_line}") from error
 
 
 def run_edit(args) -> None:
@@ -123,7 +123,7 @@ def run_edit(args) -> None:
             generator=generator,
         )
     except (ValueError, TypeError) as error:
-        raise UsageError(str(error))
+        raise UsageError(str(error)) from error
     done = time.perf_counter()
     out.images[0].save(args.output)
     print(f"load {loaded - start:.2f} s, edit {done - loaded:.2f} s on {device} ({dtype}); wrote {args.output}")

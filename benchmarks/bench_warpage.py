@@ -76,8 +76,8 @@ def main() -> None:
     if device.type == "cpu":
         torch.set_num_threads(1)
     print(f"device: {device}, torch {torch.__version__}, threads: {torch.get_num_threads()}")
-    print(f"| case | mask pixels | median ms (target <= 1) |")
-    print(f"|---|---:|---:|")
+    print("| case | mask pixels | median ms (target <= 1) |")
+    print("|---|---:|---:|")
     for name, (radius, handles, targets) in CASES.items():
         pixels, median_ms = time_case(device, radius, handles, targets, args.repeats)
         print(f"| {name} | {pixels} | {median_ms:.3f} |")
