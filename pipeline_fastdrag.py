@@ -322,27 +322,17 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
     # Models
     # ----------------------------------------------------------------------------------------
 
-    def encode_prompt(
-        self, prompt: str, device: torch.device, do_classifier_free_guidance: bool, negative_prompt: str | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(1, tokens, dim)`` embeddings of ``prompt`` and, with guidance, of ``negative_prompt`` (or "")."""
-
-        def embed(text: str) -> torch.Tensor:
-            ids = self.tokenizer(
-                text,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
-            return self.text_encoder(ids.to(device))[0]
-
+    def encode_prompt(self, prompt: str, device: torch.device) -> torch.Tensor:
+        """``(1, tokens, dim)`` CLIP embedding of ``prompt``."""
+        ids = self.tokenizer(
+            prompt,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
-        prompt_embeds = embed(prompt).to(device=device, dtype=dtype)
-        negative_embeds = None
-        if do_classifier_free_guidance:
-            negative_embeds = embed(negative_prompt or "").to(device=device, dtype=dtype)
-        return prompt_embeds, negative_embeds
+        return self.text_encoder(ids.to(device))[0].to(device=device, dtype=dtype)
 
     def encode_image(self, image: torch.Tensor, device: torch.device) -> torch.Tensor:
         """``(1, 3, H, W)`` in [0, 1] -> scaled latent mean ``(1, C, H / f, W / f)``: deterministic."""
@@ -374,6 +364,37 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
                 progress_bar.update()
         return latents
 
+    def _invert(
+        self,
+        pixels: torch.Tensor,
+        prompt: str,
+        num_inference_steps: int,
+        inversion_strength: float,
+        timesteps: list[int],
+        record: KVRecord | None,
+    ) -> FastDragInversion:
+        """Encode and invert already-validated inputs, recording K/V into ``record`` unless None."""
+        device = self._execution_device
+        prompt_embeds = self.encode_prompt(prompt, device)
+        image_latents = self.encode_image(pixels, device)
+        if record is not None:
+            state = KVState(record=record)
+            with fastdrag_attention(self.unet, state):
+                latents = self._invert_latents(image_latents, prompt_embeds, timesteps, state)
+        else:
+            latents = self._invert_latents(image_latents, prompt_embeds, timesteps, None)
+        return FastDragInversion(
+            latents=latents,
+            image_latents=image_latents,
+            timesteps=tuple(timesteps),
+            kv_record=record,
+            prompt_embeds=prompt_embeds,
+            prompt=prompt,
+            image_size=tuple(pixels.shape[-2:]),
+            num_inference_steps=num_inference_steps,
+            inversion_strength=float(inversion_strength),
+        )
+
     @torch.no_grad()
     def invert(
         self,
@@ -393,28 +414,10 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         if not isinstance(prompt, str):
             raise TypeError(f"`prompt` must be a str, got {type(prompt).__name__}")
         timesteps, _ = self.timesteps_for(num_inference_steps, steps)
-        device = self._execution_device
-        prompt_embeds, _ = self.encode_prompt(prompt, device, do_classifier_free_guidance=False)
-        image_latents = self.encode_image(pixels, device)
-        if preserve_consistency:
-            state = KVState()
-            with fastdrag_attention(self.unet, state):
-                latents = self._invert_latents(image_latents, prompt_embeds, timesteps, state)
-        else:
-            state = None
-            latents = self._invert_latents(image_latents, prompt_embeds, timesteps, None)
+        record = KVRecord() if preserve_consistency else None
+        inversion = self._invert(pixels, prompt, num_inference_steps, inversion_strength, timesteps, record)
         self.maybe_free_model_hooks()
-        return FastDragInversion(
-            latents=latents,
-            image_latents=image_latents,
-            timesteps=tuple(timesteps),
-            kv_record=state.record if state is not None else None,
-            prompt_embeds=prompt_embeds,
-            prompt=prompt,
-            image_size=tuple(pixels.shape[-2:]),
-            num_inference_steps=num_inference_steps,
-            inversion_strength=float(inversion_strength),
-        )
+        return inversion
 
     # ----------------------------------------------------------------------------------------
     # The call
@@ -536,44 +539,35 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         handles = image_to_latent_points(handles_xy, self.vae_scale_factor).to(device)
         targets = image_to_latent_points(targets_xy, self.vae_scale_factor).to(device)
 
-        # 3. Encode the prompt.
-        if inversion is not None:
+        # A record this call makes dies with it; one from `pipe.invert` belongs to the caller.
+        own_record = KVRecord() if inversion is None and preserve_consistency else None
+        try:
+            # 3. Encode the prompt and the image, and invert it (unless a cached inversion is given).
+            if inversion is None:
+                inversion = self._invert(
+                    pixels, prompt, num_inference_steps, inversion_strength, inversion_timesteps, own_record
+                )
             prompt_embeds = inversion.prompt_embeds.to(device)
-            negative_embeds = None
-            if self.do_classifier_free_guidance:
-                negative_embeds = self.encode_prompt(negative_prompt or "", device, False)[0]
-        else:
-            prompt_embeds, negative_embeds = self.encode_prompt(
-                prompt, device, self.do_classifier_free_guidance, negative_prompt
+            negative_embeds = self.encode_prompt(negative_prompt or "", device) if self.do_classifier_free_guidance else None
+
+            # 4. One-step warpage: LWF, relocation and filling of the null pixels.
+            latents = warp_latents(
+                inversion.latents.to(device), latent_mask, handles, targets, fill=fill, generator=generator,
+                validate=False,
             )
 
-        state = None
-        if preserve_consistency:
-            state = KVState(record=inversion.kv_record) if inversion is not None else KVState()
-        attention = fastdrag_attention(self.unet, state) if state is not None else contextlib.nullcontext()
-        try:
-            with attention:
-                # 4. Encode the image and invert it (or reuse a cached inversion).
-                if inversion is None:
-                    image_latents = self.encode_image(pixels, device)
-                    latents = self._invert_latents(image_latents, prompt_embeds, inversion_timesteps, state)
-                else:
-                    latents = inversion.latents.to(device)
-
-                # 5. One-step warpage: LWF, relocation and filling of the null pixels.
-                latents = warp_latents(latents, latent_mask, handles, targets, fill=fill, generator=generator, validate=False)
-
-                # 6. Sample back to t = 0, replaying the recorded keys/values.
+            # 5. Sample back to t = 0, replaying the recorded keys/values.
+            state = KVState(record=inversion.kv_record) if preserve_consistency else None
+            with fastdrag_attention(self.unet, state) if state is not None else contextlib.nullcontext():
                 latents, prompt_embeds = self._sample(
                     latents, prompt_embeds, negative_embeds, timesteps, state,
                     callback_on_step_end, callback_on_step_end_tensor_inputs,
                 )
         finally:
-            # A record this call made dies with it; one from `pipe.invert` belongs to the caller.
-            if state is not None and inversion is None:
-                state.record.clear()
+            if own_record is not None:
+                own_record.clear()
 
-        # 7. Decode and post-process.
+        # 6. Decode and post-process.
         if output_type != "latent":
             image = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
             image, has_nsfw_concept = self.run_safety_checker(image, device, prompt_embeds.dtype)
@@ -582,7 +576,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         else:
             image, has_nsfw_concept = latents, None
 
-        # 8. Offload all models.
+        # 7. Offload all models.
         self.maybe_free_model_hooks()
 
         if not return_dict:
