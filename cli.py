@@ -11,6 +11,9 @@ EXAMPLES = """examples:
   fastdrag preview cat.png --drag 250,180:290,160 --mask cat_mask.png --arrows -o preview.png
   fastdrag edit cat.png --drag 250,180:290,160 --mask cat_mask.png --prompt "a cat" -o edited.png
   fastdrag edit cat.png --drag 250,180:290,160 --unet SimianLuo/LCM_Dreamshaper_v7 -o edited.png
+  fastdrag dragbench run --data drag_bench_data --out results/fastdrag
+  accelerate launch --multi_gpu --num_processes 4 -m fastdrag dragbench run --data drag_bench_data --out results/fastdrag
+  fastdrag dragbench eval --data drag_bench_data --results results/fastdrag
 
 Points are image pixels (x, y): x the column, y the row. Repeat --drag for several drags.
 """
@@ -85,6 +88,11 @@ def pick_device_and_dtype(device: str, dtype: str):
     return torch.device(device), getattr(torch, dtype)
 
 
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def load_pipeline(model: str, unet: str | None, dtype):
     from diffusers import UNet2DConditionModel
 
@@ -96,9 +104,15 @@ def load_pipeline(model: str, unet: str | None, dtype):
             subfolder = None if (Path(unet) / "config.json").is_file() else "unet"
             kwargs["unet"] = UNet2DConditionModel.from_pretrained(unet, subfolder=subfolder, dtype=dtype)
         return StableDiffusionFastDragPipeline.from_pretrained(model, dtype=dtype, **kwargs)
-    except Exception as error:  # Hub, file and config errors all mean "cannot load this"
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"cannot load model {unet or model!r}: {first_line}") from error
+    except Exception as error:  # noqa: BLE001 - Hub, file and config errors all mean "cannot load this"
+        raise UsageError(f"cannot load model {unet or model!r}: {first_line(error)}") from error
+
+
+def format_phases(times: dict[str, float]) -> str:
+    """``{"text": 0.01, ...}`` -> ``"text 0.01 s, ..."`` in the pipeline's phase order."""
+    from .pipeline_fastdrag import PHASES
+
+    return ", ".join(f"{phase} {times[phase]:.2f} s" for phase in PHASES if phase in times)
 
 
 def run_edit(args) -> None:
@@ -112,21 +126,84 @@ def run_edit(args) -> None:
     loaded = time.perf_counter()
     generator = torch.Generator(device="cpu").manual_seed(args.seed) if args.seed is not None else None
     try:
-        out = pipe(
-            image,
-            handle_points=[d[0] for d in args.drag],
-            target_points=[d[1] for d in args.drag],
-            mask=mask,
-            prompt=args.prompt,
-            num_inference_steps=args.steps,
-            inversion_strength=args.strength,
-            generator=generator,
-        )
+        with pipe.timing_phases() as times:
+            out = pipe(
+                image,
+                handle_points=[d[0] for d in args.drag],
+                target_points=[d[1] for d in args.drag],
+                mask=mask,
+                prompt=args.prompt,
+                num_inference_steps=args.steps,
+                inversion_strength=args.strength,
+                fill=args.fill,
+                preserve_consistency=not args.no_consistency,
+                generator=generator,
+            )
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from error
     done = time.perf_counter()
     out.images[0].save(args.output)
-    print(f"load {loaded - start:.2f} s, edit {done - loaded:.2f} s on {device} ({dtype}); wrote {args.output}")
+    print(f"load {loaded - start:.2f} s on {device} ({str(dtype).removeprefix('torch.')})")
+    print(f"edit {done - loaded:.2f} s: {format_phases(times)}")
+    print(f"wrote {args.output}")
+
+
+def dragbench_options(args):
+    from .dragbench import EditOptions
+
+    return EditOptions(
+        num_inference_steps=args.steps,
+        inversion_strength=args.strength,
+        fill=args.fill,
+        preserve_consistency=not args.no_consistency,
+        seed=args.seed,
+    )
+
+
+def run_dragbench_run(args) -> None:
+    from .dragbench import find_samples, run_dragbench
+
+    try:
+        if not find_samples(args.data):
+            raise UsageError(f"no DragBench samples (<category>/<sample>/meta_data.pkl) under {args.data}")
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from error
+
+    def load(device):
+        chosen, dtype = pick_device_and_dtype(str(device) if args.device == "auto" else args.device, args.dtype)
+        return load_pipeline(args.model, args.unet, dtype).to(chosen)
+
+    summary = run_dragbench(args.data, args.out, load, dragbench_options(args), progress=not args.no_progress,
+                            cpu=True if args.device == "cpu" else None)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(f"{summary.total} samples: {summary.skipped} already done; results in {args.out}/results.jsonl")
+    if summary.done or summary.failed:
+        print(f"process {PartialState().process_index}: {summary.done} edited, {summary.failed} failed")
+
+
+def run_dragbench_eval(args) -> None:
+    import torch
+
+    from .metrics import DiftFeaturizer, evaluate, load_lpips, markdown_table, write_report
+
+    if not Path(args.results, "results.jsonl").is_file():
+        raise UsageError(f"no results.jsonl in {args.results}: run `fastdrag dragbench run` first")
+    device, dtype = pick_device_and_dtype(args.device, args.dtype)
+    try:
+        distance = load_lpips(device)
+    except ImportError as error:
+        raise UsageError(str(error)) from error
+    try:
+        featurizer = DiftFeaturizer.from_pretrained(args.dift_model, device=device, dtype=dtype)
+    except Exception as error:  # noqa: BLE001 - Hub, file and config errors all mean "cannot load this"
+        raise UsageError(f"cannot load DIFT model {args.dift_model!r}: {first_line(error)}") from error
+    with torch.no_grad():
+        report = evaluate(args.data, args.results, featurizer, distance, progress=not args.no_progress)
+    json_path, md_path = write_report(report, args.out or args.results)
+    print(markdown_table(report), end="")
+    print(f"wrote {json_path} and {md_path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,20 +229,57 @@ def build_parser() -> argparse.ArgumentParser:
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     common(edit)
     edit.add_argument("--prompt", default="", help="text condition (default: empty)")
-    edit.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub id or folder (default: {DEFAULT_MODEL})")
-    edit.add_argument("--unet", help="swap in this UNet (Hub id or folder), e.g. an LCM one")
-    edit.add_argument("--steps", type=int, default=10, help="num_inference_steps (default 10)")
-    edit.add_argument("--strength", type=float, default=0.7, help="inversion_strength (default 0.7)")
-    edit.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda if available)")
-    edit.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
-    edit.add_argument("--seed", type=int, help="seed for fill='noise' (unused by the default fill)")
+    model_options(edit)
+    pipeline_options(edit)
+
+    bench = commands.add_parser("dragbench", help="run and score the DragBench benchmark", epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+    run = bench_commands.add_parser("run", help="edit every sample; resumable; splits under accelerate launch")
+    run.add_argument("--data", required=True, help="DragBench folder: <category>/<sample>/meta_data.pkl, ...")
+    run.add_argument("--out", required=True, help="output folder: edited images and results.jsonl")
+    model_options(run)
+    pipeline_options(run)
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    score = bench_commands.add_parser("eval", help="MD (DIFT) and 1 - LPIPS, overall and per category")
+    score.add_argument("--data", required=True, help="the DragBench folder the run used")
+    score.add_argument("--results", required=True, help="the run's --out folder")
+    score.add_argument("--out", help="where eval.md and eval.json go (default: --results)")
+    score.add_argument("--dift-model", default="stabilityai/stable-diffusion-2-1",
+                       help="Stable Diffusion 2.1 Hub id or folder for DIFT features")
+    score.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda if available)")
+    score.add_argument("--dtype", default="auto", choices=DTYPES)
+    score.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
+
+
+DTYPES = ["auto", "float16", "bfloat16", "float32"]
+
+
+def model_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub id or folder (default: {DEFAULT_MODEL})")
+    sub.add_argument("--unet", help="swap in this UNet (Hub id or folder), e.g. an LCM one")
+    sub.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda if available)")
+    sub.add_argument("--dtype", default="auto", choices=DTYPES, help="default: float16 on CUDA, else float32")
+
+
+def pipeline_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--steps", type=int, default=10, help="num_inference_steps (default 10)")
+    sub.add_argument("--strength", type=float, default=0.7, help="inversion_strength (default 0.7)")
+    sub.add_argument("--fill", default="bnni", choices=["bnni", "original", "zeros", "noise"],
+                     help="how null pixels are filled (default bnni)")
+    sub.add_argument("--no-consistency", action="store_true", help="do not replay the recorded keys/values")
+    sub.add_argument("--seed", type=int, help="seed for --fill noise (unused by the default fill)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"preview": run_preview, "edit": run_edit}[args.command](args)
+        if args.command == "dragbench":
+            {"run": run_dragbench_run, "eval": run_dragbench_eval}[args.bench_command](args)
+        else:
+            {"preview": run_preview, "edit": run_edit}[args.command](args)
     except UsageError as error:
         print(f"fastdrag: error: {error}", file=sys.stderr)
         return 2

@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import PIL.Image
@@ -94,6 +95,17 @@ class FastDragInversion:
     image_size: tuple[int, int]
     num_inference_steps: int
     inversion_strength: float
+
+
+PHASES = ("text", "encode", "inversion", "warp", "sampling", "decode")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a host clock measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def _explicit_config(config, target: type) -> dict[str, Any]:
@@ -184,6 +196,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         self._interrupt = False
         self._guidance_scale = 1.0
         self._num_timesteps = 0
+        self._phase_times: dict[str, float] | None = None
 
     @classmethod
     def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs) -> "StableDiffusionFastDragPipeline":
@@ -211,6 +224,35 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
     @property
     def interrupt(self) -> bool:
         return self._interrupt
+
+    @contextlib.contextmanager
+    def timing_phases(self) -> Iterator[dict[str, float]]:
+        """Time the phases of the calls made inside: ``with pipe.timing_phases() as times: pipe(...)``.
+
+        ``times`` maps each phase that ran (``"text"``, ``"encode"``, ``"inversion"``, ``"warp"``,
+        ``"sampling"``, ``"decode"``) to seconds, summed over the calls made inside the block.
+        The device is synchronised at each phase boundary, never inside the denoising loops, so
+        only while timing do the phases lose their overlap.
+        """
+        times: dict[str, float] = {}
+        self._phase_times = times
+        try:
+            yield times
+        finally:
+            self._phase_times = None
+
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        times = getattr(self, "_phase_times", None)
+        if times is None:
+            yield
+            return
+        device = self._execution_device
+        synchronize(device)
+        start = time.perf_counter()
+        yield
+        synchronize(device)
+        times[name] = times.get(name, 0.0) + time.perf_counter() - start
 
     # ----------------------------------------------------------------------------------------
     # Inputs
@@ -375,14 +417,14 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
     ) -> FastDragInversion:
         """Encode and invert already-validated inputs, recording K/V into ``record`` unless None."""
         device = self._execution_device
-        prompt_embeds = self.encode_prompt(prompt, device)
-        image_latents = self.encode_image(pixels, device)
-        if record is not None:
-            state = KVState(record=record)
-            with fastdrag_attention(self.unet, state):
+        with self._phase("text"):
+            prompt_embeds = self.encode_prompt(prompt, device)
+        with self._phase("encode"):
+            image_latents = self.encode_image(pixels, device)
+        state = KVState(record=record) if record is not None else None
+        with self._phase("inversion"):
+            with fastdrag_attention(self.unet, state) if state is not None else contextlib.nullcontext():
                 latents = self._invert_latents(image_latents, prompt_embeds, timesteps, state)
-        else:
-            latents = self._invert_latents(image_latents, prompt_embeds, timesteps, None)
         return FastDragInversion(
             latents=latents,
             image_latents=image_latents,
@@ -548,31 +590,37 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
                     pixels, prompt, num_inference_steps, inversion_strength, inversion_timesteps, own_record
                 )
             prompt_embeds = inversion.prompt_embeds.to(device)
-            negative_embeds = self.encode_prompt(negative_prompt or "", device) if self.do_classifier_free_guidance else None
+            negative_embeds = None
+            if self.do_classifier_free_guidance:
+                with self._phase("text"):
+                    negative_embeds = self.encode_prompt(negative_prompt or "", device)
 
             # 4. One-step warpage: LWF, relocation and filling of the null pixels.
-            latents = warp_latents(
-                inversion.latents.to(device), latent_mask, handles, targets, fill=fill, generator=generator,
-                validate=False,
-            )
+            with self._phase("warp"):
+                latents = warp_latents(
+                    inversion.latents.to(device), latent_mask, handles, targets, fill=fill, generator=generator,
+                    validate=False,
+                )
 
             # 5. Sample back to t = 0, replaying the recorded keys/values.
             state = KVState(record=inversion.kv_record) if preserve_consistency else None
-            with fastdrag_attention(self.unet, state) if state is not None else contextlib.nullcontext():
-                latents, prompt_embeds = self._sample(
-                    latents, prompt_embeds, negative_embeds, timesteps, state,
-                    callback_on_step_end, callback_on_step_end_tensor_inputs,
-                )
+            with self._phase("sampling"):
+                with fastdrag_attention(self.unet, state) if state is not None else contextlib.nullcontext():
+                    latents, prompt_embeds = self._sample(
+                        latents, prompt_embeds, negative_embeds, timesteps, state,
+                        callback_on_step_end, callback_on_step_end_tensor_inputs,
+                    )
         finally:
             if own_record is not None:
                 own_record.clear()
 
         # 6. Decode and post-process.
         if output_type != "latent":
-            image = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
-            image, has_nsfw_concept = self.run_safety_checker(image, device, prompt_embeds.dtype)
-            do_denormalize = [True] * image.shape[0] if has_nsfw_concept is None else [not n for n in has_nsfw_concept]
-            image = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=do_denormalize)
+            with self._phase("decode"):
+                image = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+                image, has_nsfw_concept = self.run_safety_checker(image, device, prompt_embeds.dtype)
+                do_denormalize = [True] * image.shape[0] if has_nsfw_concept is None else [not n for n in has_nsfw_concept]
+                image = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=do_denormalize)
         else:
             image, has_nsfw_concept = latents, None
 

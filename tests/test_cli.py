@@ -52,4 +52,7 @@ def test_edit_runs_the_pipeline_on_a_local_model(files, capsys):
     assert main(["edit", str(files / "in.png"), "--drag", "10,12:16,12", "--model", str(files / "model"),
                  "--device", "cpu", "-o", str(out)]) == 0
     assert Image.open(out).size == (IMAGE_SIZE, IMAGE_SIZE)
-    assert "edit" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    edit_line = next(line for line in printed.splitlines() if line.startswith("edit "))
+    phases = [part.split()[0] for part in edit_line.split(": ", 1)[1].split(", ")]
+    assert phases == ["text", "encode", "inversion", "warp", "sampling", "decode"]

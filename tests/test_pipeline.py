@@ -311,3 +311,26 @@ def test_accepts_pil_uint8_array_and_batched_tensor(pipe):
     np.testing.assert_array_equal(from_array, from_pil)
     from_batched = drag(pipe, image=tensor[None], output_type="np").images
     assert from_batched.shape == from_array.shape
+
+
+def test_timing_phases_times_each_phase_and_sums_over_calls(pipe):
+    from fastdrag.pipeline_fastdrag import PHASES
+
+    with pipe.timing_phases() as times:
+        drag(pipe)
+    assert set(times) == set(PHASES) and all(seconds > 0 for seconds in times.values())
+    assert pipe._phase_times is None
+
+    inversion = pipe.invert(tiny_image(), prompt="a cat")
+    with pipe.timing_phases() as redrag:
+        pipe(handle_points=HANDLES, target_points=TARGETS, inversion=inversion)
+        once = dict(redrag)
+        pipe(handle_points=HANDLES, target_points=TARGETS, inversion=inversion)
+    assert set(once) == {"warp", "sampling", "decode"}
+    assert all(redrag[phase] > once[phase] for phase in once)
+
+
+def test_timing_phases_is_switched_off_after_an_exception(pipe):
+    with pytest.raises(RuntimeError), pipe.timing_phases():
+        raise RuntimeError("boom")
+    assert pipe._phase_times is None

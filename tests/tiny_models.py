@@ -27,7 +27,7 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(c) for c in chars]
 
 
-def tiny_tokenizer(directory: str | None = None) -> CLIPTokenizer:
+def tiny_tokenizer(directory: str | None = None, model_max_length: int = 16) -> CLIPTokenizer:
     """A CLIP tokenizer from a small vocab (bytes only, no merges), written to ``directory`` and loaded back."""
     directory = directory or tempfile.mkdtemp(prefix="tiny-clip-tokenizer-")
     alphabet = _bytes_to_unicode()
@@ -37,7 +37,7 @@ def tiny_tokenizer(directory: str | None = None) -> CLIPTokenizer:
     with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n")
     return CLIPTokenizer(
-        os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt"), model_max_length=16
+        os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt"), model_max_length=model_max_length
     )
 
 
@@ -92,3 +92,33 @@ def tiny_image(seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     coarse = torch.rand(1, 3, 4, 4, generator=generator)
     return torch.nn.functional.interpolate(coarse, size=IMAGE_SIZE, mode="bilinear", align_corners=False)[0]
+
+
+def save_tiny_model(directory) -> str:
+    """A tiny Stable Diffusion pipeline saved with ``save_pretrained``, loadable as ``--model``."""
+    from diffusers import StableDiffusionPipeline
+
+    StableDiffusionPipeline(**tiny_components()).save_pretrained(directory)
+    return str(directory)
+
+
+def write_dragbench(root, samples: dict[str, list[list[list[float]]]], seed: int = 0) -> None:
+    """A DragBench-format folder: ``samples`` maps ``"<category>/<sample>"`` to its ``[x, y]``
+    points (handle, target, ...). Each image is a random 32x32 RGB; the mask is its centre."""
+    import pickle
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for key, points in samples.items():
+        folder = Path(root) / key
+        folder.mkdir(parents=True)
+        image = rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+        Image.fromarray(image).save(folder / "original_image.png")
+        Image.fromarray(image).save(folder / "user_drag.png")
+        mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+        mask[4:28, 4:28] = 1
+        with open(folder / "meta_data.pkl", "wb") as f:
+            pickle.dump({"prompt": f"a photo of {key}", "points": points, "mask": mask}, f)
