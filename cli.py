@@ -47,18 +47,26 @@ def open_image(path: str, mode: str):
         raise UsageError(f"cannot read image {path}: {error}") from error
 
 
-def draw_arrows(image, drags):
-    """Red handle, blue target, a white line between, numbered from 1."""
+def draw_arrows(image, drags, pending: tuple[float, float] | None = None):
+    """Red handle, blue target, a white line between, numbered from 1; ``pending`` is a handle
+    still waiting for its target. Points are image pixels ``(x, y)``."""
     from PIL import ImageDraw
 
     image = image.copy()
     draw = ImageDraw.Draw(image)
     radius = max(2, min(image.size) // 100)
+
+    def dot(x, y, colour):
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
+
     for number, ((hx, hy), (tx, ty)) in enumerate(drags, start=1):
         draw.line([(hx, hy), (tx, ty)], fill=(255, 255, 255), width=max(1, radius // 2))
-        draw.ellipse([hx - radius, hy - radius, hx + radius, hy + radius], fill=(230, 40, 40))
-        draw.ellipse([tx - radius, ty - radius, tx + radius, ty + radius], fill=(40, 90, 230))
+        dot(hx, hy, (230, 40, 40))
+        dot(tx, ty, (40, 90, 230))
         draw.text((hx + radius + 1, hy + radius + 1), str(number), fill=(255, 255, 255))
+    if pending is not None:
+        dot(*pending, (230, 40, 40))
+        draw.text((pending[0] + radius + 1, pending[1] + radius + 1), str(len(drags) + 1), fill=(255, 255, 255))
     return image
 
 
@@ -251,7 +259,31 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda if available)")
     score.add_argument("--dtype", default="auto", choices=DTYPES)
     score.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    app = commands.add_parser("app", help="the drag editor in the browser (needs the [app] extra)")
+    model_options(app)
+    app.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    app.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    app.add_argument("--share", action="store_true", help="also serve through a public Gradio link")
+    app.add_argument("--max-side", type=int, default=512, help="uploaded images are scaled down to this (default 512)")
     return parser
+
+
+def run_app(args) -> None:
+    try:
+        from .app import PipelineHolder, build_app, launch
+    except ImportError as error:
+        raise UsageError(f"the app needs Gradio: pip install 'diffusers-fastdrag[app]' ({error})") from error
+
+    def load():
+        device, dtype = pick_device_and_dtype(args.device, args.dtype)
+        try:
+            return load_pipeline(args.model, args.unet, dtype).to(device)
+        except UsageError as error:
+            raise RuntimeError(str(error).removeprefix("cannot load model ")) from error
+
+    demo = build_app(PipelineHolder(load), max_side=args.max_side)
+    print(f"FastDrag editor on http://{args.host}:{args.port} (the model loads on the first Run)")
+    launch(demo, server_name=args.host, server_port=args.port, share=args.share)
 
 
 DTYPES = ["auto", "float16", "bfloat16", "float32"]
@@ -276,7 +308,9 @@ def pipeline_options(sub: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "dragbench":
+        if args.command == "app":
+            run_app(args)
+        elif args.command == "dragbench":
             {"run": run_dragbench_run, "eval": run_dragbench_eval}[args.bench_command](args)
         else:
             {"preview": run_preview, "edit": run_edit}[args.command](args)

@@ -1,0 +1,372 @@
+"""``fastdrag app``: a drag editor in the browser (Gradio, the ``[app]`` extra).
+
+1. Upload an image (resized so its longest side is at most ``max_side``, each side a multiple of
+   the VAE scale factor) and paint the region that may move; no paint means the whole image.
+2. Click a handle, then its target, as many times as you like: numbered arrows are drawn, and the
+   pixel-space preview (:func:`warpage.preview_drag`) follows at once. Undo and Clear fix mistakes.
+3. Run shows the edit beside the original, with the time of each phase. Another Run on the same
+   image (and prompt, steps, strength, consistency) reuses the cached inversion: only the warp,
+   sampling and decoding run.
+
+The handlers are plain functions of a per-browser-session :class:`Session`, tested without a
+browser; :func:`build_app` wires them to Gradio components.
+"""
+
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .cli import draw_arrows
+from .warpage import preview_drag
+
+DEFAULT_MAX_SIDE = 512
+DEFAULT_FACTOR = 8
+VIEW_SIDE = 512  # smaller images are shown enlarged by an integer factor up to this
+ADVANCED_DEFAULTS = {"prompt": "", "steps": 10, "strength": 0.7, "fill": "bnni", "consistency": True}
+
+
+class AppError(Exception):
+    """A problem the user can fix or should know of: shown in the page, never as a traceback."""
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+
+
+def fit_size(width: int, height: int, max_side: int, factor: int) -> tuple[int, int]:
+    """``(width, height)`` scaled down so the longest side is at most ``max_side`` (never up), each
+    side then rounded down to a multiple of ``factor`` (at least ``factor``)."""
+    scale = min(1.0, max_side / max(width, height))
+    return (max(factor, int(width * scale) // factor * factor), max(factor, int(height * scale) // factor * factor))
+
+
+def to_rgb(array: np.ndarray) -> Image.Image:
+    """An ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` uint8 array -> RGB, transparency over white."""
+    image = Image.fromarray(np.asarray(array, dtype=np.uint8))
+    if image.mode in ("RGBA", "LA"):
+        flat = Image.new("RGB", image.size, (255, 255, 255))
+        flat.paste(image, mask=image.getchannel("A"))
+        return flat
+    return image.convert("RGB")
+
+
+def painted_mask(layers: list, size: tuple[int, int]) -> np.ndarray | None:
+    """The union of the brush layers' painted pixels as an ``(H, W)`` bool mask at ``size``
+    ``(width, height)``, or ``None`` when nothing is painted."""
+    painted = None
+    for layer in layers or []:
+        layer = np.asarray(layer)
+        if layer.ndim != 3 or layer.shape[2] != 4:
+            continue
+        alpha = layer[..., 3] > 0
+        painted = alpha if painted is None or painted.shape != alpha.shape else painted | alpha
+    if painted is None or not painted.any():
+        return None
+    resized = Image.fromarray(painted.astype(np.uint8) * 255).resize(size, Image.NEAREST)
+    return np.asarray(resized) > 0
+
+
+def image_key(image: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# The per-session state and its handlers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """One browser tab's state. ``points`` are image pixels ``(x, y)``: handle, target, handle, ..."""
+
+    image: np.ndarray | None = None  # (H, W, 3) uint8, already resized
+    mask: np.ndarray | None = None  # (H, W) bool, or None for the whole image
+    points: list[tuple[int, int]] = field(default_factory=list)
+    cache_key: tuple | None = None
+    inversion: Any = None  # FastDragInversion for cache_key
+
+    @property
+    def drags(self) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        return list(zip(self.points[0::2], self.points[1::2]))
+
+    def forget_inversion(self) -> None:
+        self.cache_key = self.inversion = None
+
+
+def view_zoom(image: np.ndarray) -> int:
+    """The integer factor a small image is enlarged by for clicking (Gradio maps clicks only on
+    images shown at most at their natural size, so the enlargement is done here, not in CSS)."""
+    return max(1, VIEW_SIDE // max(image.shape[:2]))
+
+
+def points_view(session: Session) -> np.ndarray | None:
+    """The image enlarged by :func:`view_zoom`, dimmed outside the mask, with the numbered drags
+    and a pending handle drawn at the centres of their pixels."""
+    if session.image is None:
+        return None
+    image = session.image.astype(np.float32)
+    if session.mask is not None:
+        image = np.where(session.mask[..., None], image, image * 0.45 + 255 * 0.1)
+    zoom = view_zoom(session.image)
+    view = Image.fromarray(image.astype(np.uint8))
+    view = view.resize((view.width * zoom, view.height * zoom), Image.NEAREST)
+
+    def centre(point):
+        return ((point[0] + 0.5) * zoom, (point[1] + 0.5) * zoom)
+
+    drags = [(centre(h), centre(t)) for h, t in session.drags]
+    pending = centre(session.points[-1]) if len(session.points) % 2 else None
+    return np.asarray(draw_arrows(view, drags, pending))
+
+
+def preview_view(session: Session) -> np.ndarray | None:
+    """The pixel-space warp of the complete drags (the image itself when there are none)."""
+    if session.image is None:
+        return None
+    if not session.drags:
+        return session.image
+    drags = session.drags
+    out = preview_drag(Image.fromarray(session.image), session.mask, [d[0] for d in drags], [d[1] for d in drags])
+    return np.asarray(out)
+
+
+def points_text(session: Session) -> str:
+    if session.image is None:
+        return "Upload an image first."
+    height, width = session.image.shape[:2]
+    region = "whole image" if session.mask is None else f"{int(session.mask.sum())} px painted"
+    pending = " Click the target of the last handle." if len(session.points) % 2 else " Click a handle."
+    return f"{width}x{height} image, mask: {region}, {len(session.drags)} drag(s).{pending}"
+
+
+def editor_background(value: Any) -> np.ndarray | None:
+    """The uploaded image of an ImageEditor value (a dict, or a bare image), or None."""
+    background = value.get("background") if isinstance(value, dict) else value
+    if background is None or np.asarray(background).size == 0:
+        return None
+    return np.asarray(background)
+
+
+def load_editor_value(session: Session, value: Any, max_side: int, factor: int) -> Session:
+    """A new editor value (upload or brush stroke): the image resized, the mask read from the brush.
+
+    A different image drops the points and the cached inversion; painting keeps them.
+    """
+    background = editor_background(value)
+    if background is None:
+        return session
+    original = to_rgb(background)
+    size = fit_size(*original.size, max_side, factor)
+    image = np.asarray(original.resize(size, Image.LANCZOS) if size != original.size else original)
+    layers = value.get("layers", []) if isinstance(value, dict) else []
+    mask = painted_mask(layers, size)
+    if session.image is None or image.shape != session.image.shape or not np.array_equal(image, session.image):
+        return Session(image=image, mask=mask)
+    session.mask = mask
+    return session
+
+
+def add_point(session: Session, x: int, y: int) -> Session:
+    """Add the image pixel ``(x, y)`` (clamped to the image) as the next handle or target."""
+    if session.image is None:
+        return session
+    height, width = session.image.shape[:2]
+    session.points.append((min(max(int(x), 0), width - 1), min(max(int(y), 0), height - 1)))
+    return session
+
+
+def undo_point(session: Session) -> Session:
+    if session.points:
+        session.points.pop()
+    return session
+
+
+def clear_points(session: Session) -> Session:
+    session.points.clear()
+    return session
+
+
+def format_times(times: dict[str, float]) -> str:
+    from .cli import format_phases
+
+    return format_phases(times)
+
+
+class PipelineHolder:
+    """Loads the pipeline on first use, once, and remembers a failure to report it in the page."""
+
+    def __init__(self, load: Callable[[], Any]):
+        self._load, self._pipe, self._error, self._lock = load, None, None, threading.Lock()
+        self.load_seconds = 0.0
+
+    def get(self):
+        with self._lock:
+            if self._pipe is None and self._error is None:
+                start = time.perf_counter()
+                try:
+                    self._pipe = self._load()
+                    self._pipe.set_progress_bar_config(disable=True)
+                except Exception as error:  # noqa: BLE001 - any load failure is reported, the app lives on
+                    self._error = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                self.load_seconds = time.perf_counter() - start
+            if self._error is not None:
+                raise AppError(f"the model could not be loaded: {self._error}")
+            return self._pipe
+
+    @property
+    def factor(self) -> int:
+        return self._pipe.vae_scale_factor if self._pipe is not None else DEFAULT_FACTOR
+
+
+@dataclass
+class EditResult:
+    image: np.ndarray
+    seconds: float
+    times: dict[str, float]
+    reused: bool
+
+    def status(self) -> str:
+        how = ("cached inversion reused: only the warp, sampling and decoding ran" if self.reused
+               else "inverted this image; the next Run on it reuses the inversion")
+        return f"**Edited in {self.seconds:.2f} s** ({how}).  \n{format_times(self.times)}"
+
+
+def run_edit(holder: PipelineHolder, session: Session, prompt: str, steps: int, strength: float, fill: str,
+             consistency: bool) -> EditResult:
+    """Edit the session's image with its drags, inverting only when the cache does not match."""
+    if session.image is None:
+        raise AppError("upload an image first")
+    if not session.drags:
+        raise AppError("add at least one drag: click a handle point, then its target point")
+    pipe = holder.get()
+    steps, strength = int(steps), float(strength)
+    key = (image_key(session.image), prompt, steps, strength, bool(consistency))
+    reused = session.cache_key == key and session.inversion is not None
+    start = time.perf_counter()
+    try:
+        with pipe.timing_phases() as times:
+            if not reused:
+                session.forget_inversion()
+                session.inversion = pipe.invert(session.image, prompt=prompt, num_inference_steps=steps,
+                                                inversion_strength=strength, preserve_consistency=bool(consistency))
+                session.cache_key = key
+            out = pipe(
+                handle_points=[d[0] for d in session.drags],
+                target_points=[d[1] for d in session.drags],
+                mask=session.mask,
+                inversion=session.inversion,
+                fill=fill,
+                preserve_consistency=bool(consistency),
+                output_type="np",
+            )
+    except (ValueError, TypeError) as error:
+        raise AppError(str(error)) from error
+    image = (out.images[0] * 255).round().astype(np.uint8)
+    return EditResult(image=image, seconds=time.perf_counter() - start, times=dict(times), reused=reused)
+
+
+# --------------------------------------------------------------------------------------------
+# The Gradio page
+# --------------------------------------------------------------------------------------------
+
+
+# Display-only images are enlarged when small. Not the points view: Gradio maps a click on an image
+# shown larger than its natural size to the wrong pixel, so that one is enlarged by points_view.
+CSS = """
+#preview img, #original img, #result img {
+    width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;
+}
+"""
+
+
+def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE):
+    import gradio as gr
+
+    def views(session: Session):
+        return session, points_view(session), preview_view(session), points_text(session)
+
+    def on_editor(value, session: Session):
+        if editor_background(value) is None:
+            # An empty value comes with `change` as an upload starts; writing the state back then
+            # could overwrite the upload's own update if it finished first.
+            return (gr.skip(),) * 4
+        return views(load_editor_value(session, value, max_side, holder.factor))
+
+    def on_click(session: Session, event: gr.SelectData):
+        if session.image is None:
+            return views(session)
+        zoom = view_zoom(session.image)
+        x, y = event.index  # pixels of the enlarged view
+        return views(add_point(session, x // zoom, y // zoom))
+
+    def on_run(session: Session, prompt, steps, strength, fill, consistency):
+        try:
+            result = run_edit(holder, session, prompt, steps, strength, fill, consistency)
+        except AppError as error:
+            return session, gr.skip(), gr.skip(), f"**Error:** {error}"
+        except Exception as error:  # noqa: BLE001 - the page shows one line; the app keeps running
+            return session, gr.skip(), gr.skip(), f"**Error:** unexpected {type(error).__name__}: {error}"
+        return session, session.image, result.image, result.status()
+
+    def on_use_as_input(result):
+        if result is None:
+            return gr.skip(), Session(), None, None, "Run an edit first."
+        session = Session(image=np.asarray(result, dtype=np.uint8)[..., :3])
+        value = {"background": session.image, "layers": [], "composite": session.image}
+        return value, *views(session)
+
+    with gr.Blocks(title="FastDrag") as demo:
+        session = gr.State(Session())
+        gr.Markdown("# FastDrag\nOne-step drag editing. **1.** Upload an image and paint the region that may "
+                    "move (or leave it unpainted: the whole image). **2.** Click a handle, then its target. "
+                    "**3.** Run.")
+        with gr.Row():
+            editor = gr.ImageEditor(label="1. Image and mask (paint the movable region)", type="numpy",
+                                    sources=["upload", "clipboard"], transforms=(), layers=False,
+                                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), elem_id="editor")
+            points = gr.Image(label="2. Click handle, then target", type="numpy", interactive=False,
+                              elem_id="points", format="png", height=320)
+            preview = gr.Image(label="Preview (pixels moved directly)", type="numpy", interactive=False,
+                               elem_id="preview", format="png", height=320)
+        info = gr.Markdown("Upload an image first.", elem_id="info")
+        with gr.Row():
+            undo = gr.Button("Undo last point", elem_id="undo")
+            clear = gr.Button("Clear points", elem_id="clear")
+            run = gr.Button("Run", variant="primary", elem_id="run")
+        with gr.Accordion("Advanced", open=False):
+            prompt = gr.Textbox(label="Prompt", value=ADVANCED_DEFAULTS["prompt"])
+            steps = gr.Slider(2, 50, value=ADVANCED_DEFAULTS["steps"], step=1, label="Steps")
+            strength = gr.Slider(0.05, 1.0, value=ADVANCED_DEFAULTS["strength"], step=0.05, label="Inversion strength")
+            fill = gr.Dropdown(["bnni", "original", "zeros", "noise"], value=ADVANCED_DEFAULTS["fill"], label="Fill")
+            consistency = gr.Checkbox(value=ADVANCED_DEFAULTS["consistency"], label="Consistency (replay keys/values)")
+        status = gr.Markdown("", elem_id="status")
+        with gr.Row():
+            original = gr.Image(label="Original", type="numpy", interactive=False, format="png", elem_id="original", height=360)
+            result = gr.Image(label="Edited", type="numpy", interactive=False, format="png", elem_id="result",
+                              height=360, buttons=["download"])
+        use = gr.Button("Use as input", elem_id="use")
+
+        outputs = [session, points, preview, info]
+        # `upload` brings the image, `change` and `apply` the brush layers.
+        for event in (editor.upload, editor.change, editor.apply):
+            event(on_editor, [editor, session], outputs)
+        editor.clear(lambda: views(Session()), None, outputs)
+        points.select(on_click, [session], outputs)
+        undo.click(lambda s: views(undo_point(s)), [session], outputs)
+        clear.click(lambda s: views(clear_points(s)), [session], outputs)
+        run.click(on_run, [session, prompt, steps, strength, fill, consistency], [session, original, result, status])
+        use.click(on_use_as_input, [result], [editor, *outputs])
+    return demo
+
+
+def launch(demo, **kwargs):
+    """``demo.launch`` with the app's CSS (Gradio 6 takes it at launch, not in ``Blocks``)."""
+    return demo.launch(css=CSS, **kwargs)

@@ -1,0 +1,147 @@
+"""The editor's handlers, without a browser (the browser test drives the same functions)."""
+
+import numpy as np
+import pytest
+
+from fastdrag import StableDiffusionFastDragPipeline
+from fastdrag.app import (
+    AppError,
+    PipelineHolder,
+    Session,
+    add_point,
+    clear_points,
+    fit_size,
+    load_editor_value,
+    painted_mask,
+    points_text,
+    points_view,
+    preview_view,
+    run_edit,
+    undo_point,
+    view_zoom,
+)
+from tiny_models import tiny_components
+
+ADVANCED = {"prompt": "", "steps": 10, "strength": 0.7, "fill": "bnni", "consistency": True}
+
+
+@pytest.mark.parametrize(
+    "size, max_side, factor, expected",
+    [((1024, 768), 512, 8, (512, 384)), ((300, 200), 512, 8, (296, 200)), ((64, 40), 512, 8, (64, 40)),
+     ((513, 100), 512, 8, (512, 96)), ((5, 3), 512, 8, (8, 8)), ((256, 256), 64, 2, (64, 64))],
+)
+def test_fit_size_scales_down_only_and_rounds_to_the_factor(size, max_side, factor, expected):
+    assert fit_size(*size, max_side, factor) == expected
+
+
+def editor_value(image, painted=None):
+    layer = np.zeros((*image.shape[:2], 4), np.uint8)
+    if painted is not None:
+        layer[painted] = 255
+    return {"background": image, "layers": [layer], "composite": image}
+
+
+def test_editor_value_gives_resized_image_and_mask_and_keeps_points_while_painting():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (128, 96, 4), dtype=np.uint8)
+    image[..., 3] = 255
+    session = load_editor_value(Session(), editor_value(image), max_side=64, factor=8)
+    assert session.image.shape == (64, 48, 3) and session.mask is None
+    assert points_text(session).startswith("48x64 image, mask: whole image, 0 drag(s)")
+    add_point(session, 10, 20)
+
+    painted = (slice(32, 96), slice(0, 48))  # the left half, rows 32..95 of 128
+    session = load_editor_value(session, editor_value(image, painted), max_side=64, factor=8)
+    assert session.points == [(10, 20)]  # painting keeps the points
+    assert session.mask.shape == (64, 48) and session.mask.sum() == 32 * 24 and session.mask[16:48, :24].all()
+
+    other = image.copy()
+    other[0, 0, 0] ^= 255
+    session = load_editor_value(session, editor_value(other), max_side=64, factor=8)
+    assert session.points == [] and session.mask is None  # a new image starts over
+
+
+def test_painted_mask_is_none_without_paint():
+    assert painted_mask([np.zeros((8, 8, 4), np.uint8)], (8, 8)) is None
+    assert painted_mask([], (8, 8)) is None
+
+
+def test_points_undo_clear_and_views():
+    session = Session(image=np.full((16, 24, 3), 100, np.uint8))
+    for x, y in [(2, 3), (30, -4), (5, 5)]:  # the second is clamped into the image
+        add_point(session, x, y)
+    assert session.points == [(2, 3), (23, 0), (5, 5)] and session.drags == [((2, 3), (23, 0))]
+    assert "1 drag(s). Click the target" in points_text(session)
+    zoom = view_zoom(session.image)
+    assert zoom == 512 // 24 and points_view(session).shape == (16 * zoom, 24 * zoom, 3)
+    assert preview_view(session).shape == (16, 24, 3)
+    undo_point(session)
+    assert session.points == [(2, 3), (23, 0)]
+    clear_points(session)
+    assert session.points == [] and np.array_equal(preview_view(session), session.image)
+
+
+def tiny_holder(calls=None):
+    def load():
+        pipe = StableDiffusionFastDragPipeline(**tiny_components())
+        if calls is not None:
+            pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+        return pipe
+
+    return PipelineHolder(load)
+
+
+def session_with_drag() -> Session:
+    rng = np.random.default_rng(1)
+    session = Session(image=rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    add_point(session, 10, 12)
+    add_point(session, 16, 12)
+    return session
+
+
+def test_second_run_reuses_the_inversion_and_runs_only_sampling():
+    calls = []
+    holder, session = tiny_holder(calls), session_with_drag()
+    first = run_edit(holder, session, **ADVANCED)
+    assert first.image.shape == (32, 32, 3) and first.image.dtype == np.uint8 and not first.reused
+    assert len(calls) == 14 and "inversion" in first.times
+    second = run_edit(holder, session, **ADVANCED)
+    assert second.reused and len(calls) == 14 + 7 and set(second.times) == {"warp", "sampling", "decode"}
+    assert np.array_equal(first.image, second.image)  # same drag, same image
+    assert "cached inversion reused" in second.status()
+
+    run_edit(holder, session, **{**ADVANCED, "strength": 0.5})  # another schedule: inverted again
+    assert len(calls) == 21 + 10
+
+
+def test_user_errors_are_messages_and_the_app_goes_on():
+    holder = tiny_holder()
+    with pytest.raises(AppError, match="upload an image first"):
+        run_edit(holder, Session(), **ADVANCED)
+    with pytest.raises(AppError, match="add at least one drag"):
+        run_edit(holder, Session(image=np.zeros((32, 32, 3), np.uint8)), **ADVANCED)
+    with pytest.raises(AppError, match="`num_inference_steps` must be"):
+        run_edit(holder, session_with_drag(), **{**ADVANCED, "steps": 0})
+    assert run_edit(holder, session_with_drag(), **ADVANCED).image.shape == (32, 32, 3)
+
+
+def test_a_model_that_cannot_load_is_reported_every_time_without_retrying():
+    attempts = []
+
+    def load():
+        attempts.append(1)
+        raise OSError("no file named model_index.json found in /nowhere\nmore detail")
+
+    holder = PipelineHolder(load)
+    for _ in range(2):
+        with pytest.raises(AppError, match="the model could not be loaded: no file named model_index.json"):
+            run_edit(holder, session_with_drag(), **ADVANCED)
+    assert attempts == [1]
+
+
+def test_build_app_wires_the_page():
+    from fastdrag.app import build_app
+
+    demo = build_app(tiny_holder(), max_side=64)
+    ids = {block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    assert {"editor", "points", "preview", "run", "undo", "clear", "status", "original", "result", "use"} <= ids
