@@ -177,9 +177,11 @@ def run_dragbench_run(args) -> None:
     except FileNotFoundError as error:
         raise UsageError(str(error)) from error
 
-    def load(device):
-        chosen, dtype = pick_device_and_dtype(str(device) if args.device == "auto" else args.device, args.dtype)
-        return load_pipeline(args.model, args.unet, dtype).to(chosen)
+    def load(process_device):
+        # Under accelerate launch each process has its own GPU: "auto" and "cuda" mean that one.
+        wanted = str(process_device) if args.device in ("auto", "cuda") else args.device
+        device, dtype = pick_device_and_dtype(wanted, args.dtype)
+        return load_pipeline(args.model, args.unet, dtype).to(device)
 
     summary = run_dragbench(args.data, args.out, load, dragbench_options(args), progress=not args.no_progress,
                             cpu=True if args.device == "cpu" else None)
