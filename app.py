@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .cli import draw_arrows
+from .cli import draw_arrows, format_phases
 from .warpage import preview_drag
 
 DEFAULT_MAX_SIDE = 512
@@ -194,12 +194,6 @@ def clear_points(session: Session) -> Session:
     return session
 
 
-def format_times(times: dict[str, float]) -> str:
-    from .cli import format_phases
-
-    return format_phases(times)
-
-
 class PipelineHolder:
     """Loads the pipeline on first use, once, and remembers a failure to report it in the page."""
 
@@ -236,7 +230,7 @@ class EditResult:
     def status(self) -> str:
         how = ("cached inversion reused: only the warp, sampling and decoding ran" if self.reused
                else "inverted this image; the next Run on it reuses the inversion")
-        return f"**Edited in {self.seconds:.2f} s** ({how}).  \n{format_times(self.times)}"
+        return f"**Edited in {self.seconds:.2f} s** ({how}).  \n{format_phases(self.times)}"
 
 
 def run_edit(holder: PipelineHolder, session: Session, prompt: str, steps: int, strength: float, fill: str,

@@ -278,10 +278,7 @@ def run_app(args) -> None:
 
     def load():
         device, dtype = pick_device_and_dtype(args.device, args.dtype)
-        try:
-            return load_pipeline(args.model, args.unet, dtype).to(device)
-        except UsageError as error:
-            raise RuntimeError(str(error).removeprefix("cannot load model ")) from error
+        return load_pipeline(args.model, args.unet, dtype).to(device)
 
     demo = build_app(PipelineHolder(load), max_side=args.max_side)
     print(f"FastDrag editor on http://{args.host}:{args.port} (the model loads on the first Run)")

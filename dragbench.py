@@ -19,7 +19,7 @@ import pickle
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +142,6 @@ class EditOptions:
     preserve_consistency: bool = True
     guidance_scale: float = 1.0
     seed: int | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def edit_sample(pipe, data: SampleData, options: EditOptions) -> tuple[Any, dict[str, float]]:
@@ -163,7 +162,6 @@ def edit_sample(pipe, data: SampleData, options: EditOptions) -> tuple[Any, dict
             preserve_consistency=options.preserve_consistency,
             guidance_scale=options.guidance_scale,
             generator=generator,
-            **options.extra,
         ).images[0]
     return image, dict(times)
 

@@ -218,14 +218,13 @@ def summarize(scores: list[SampleScore], missing: int) -> dict:
     """MD over all drags, mean 1 - LPIPS and mean edit time over samples."""
     distances = [d for score in scores for d in score.distances]
     seconds = [score.seconds for score in scores if score.seconds is not None]
-    mean = _mean
     return {
         "samples": len(scores),
         "missing": missing,
         "drags": len(distances),
-        "md": mean(distances),
-        "fidelity": mean([score.fidelity for score in scores]),
-        "seconds": mean(seconds),
+        "md": _mean(distances),
+        "fidelity": _mean([score.fidelity for score in scores]),
+        "seconds": _mean(seconds),
     }
 
 
