@@ -99,15 +99,33 @@ def wait_text(page, selector: str, pattern: str, timeout: float = 60_000) -> str
 def upload(page, path: Path) -> None:
     """Give the editor a file. Its canvas is built after the page loads, and a file given before
     that is dropped without an event: so wait for the canvas, and give the file again if the page
-    has not answered within 10 s."""
+    has not answered within 20 s."""
     page.wait_for_selector("#editor canvas")
     for _ in range(3):
         page.locator("#editor input[type=file]").set_input_files(str(path))
         try:
-            page.wait_for_function("!document.querySelector('#info').innerText.startsWith('Upload')", timeout=10_000)
+            page.wait_for_function("!document.querySelector('#info').innerText.startsWith('Upload')", timeout=20_000)
             return
         except Exception:  # noqa: BLE001 - playwright's TimeoutError: try once more
             continue
+
+
+def paint_stroke(page, path: Path) -> None:
+    """Paint a horizontal stroke across the middle of the editor. Headless Chromium's software
+    WebGL sometimes shows the editor's canvas blank after an upload, and a stroke there paints
+    nothing: then give the file again and paint again (at most 3 times)."""
+    for _ in range(3):
+        canvas = page.locator("#editor canvas").first.bounding_box()
+        page.mouse.move(canvas["x"] + canvas["width"] * 0.3, canvas["y"] + canvas["height"] * 0.5)
+        page.mouse.down()
+        page.mouse.move(canvas["x"] + canvas["width"] * 0.7, canvas["y"] + canvas["height"] * 0.5, steps=12)
+        page.mouse.up()
+        try:
+            page.wait_for_function("/px painted/.test(document.querySelector('#info').innerText)", timeout=10_000)
+            return
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: upload again, paint again
+            page.locator("#editor input[type=file]").set_input_files(str(path))
+            page.wait_for_timeout(2_000)
 
 
 def natural_size(page, selector: str) -> tuple[int, int]:
@@ -134,11 +152,7 @@ def test_drag_edit_in_the_browser(app_url):
             wait_text(page, "#status", r"Error: add at least one drag")
 
             # 2. Paint a stroke across the disc: the mask arrives with it.
-            canvas = page.locator("#editor canvas").first.bounding_box()
-            page.mouse.move(canvas["x"] + canvas["width"] * 0.3, canvas["y"] + canvas["height"] * 0.5)
-            page.mouse.down()
-            page.mouse.move(canvas["x"] + canvas["width"] * 0.7, canvas["y"] + canvas["height"] * 0.5, steps=12)
-            page.mouse.up()
+            paint_stroke(page, ROOT / "examples" / "shapes.png")
             wait_text(page, "#info", r"mask: [1-9]\d* px painted")
 
             # 3. Handle on the disc, target to its right; then undo and redo the target.
