@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .cli import draw_arrows, format_phases
+from .cli import draw_arrows, first_line, format_phases
 from .warpage import preview_drag
 
 DEFAULT_MAX_SIDE = 512
@@ -199,18 +199,15 @@ class PipelineHolder:
 
     def __init__(self, load: Callable[[], Any]):
         self._load, self._pipe, self._error, self._lock = load, None, None, threading.Lock()
-        self.load_seconds = 0.0
 
     def get(self):
         with self._lock:
             if self._pipe is None and self._error is None:
-                start = time.perf_counter()
                 try:
                     self._pipe = self._load()
                     self._pipe.set_progress_bar_config(disable=True)
                 except Exception as error:  # noqa: BLE001 - any load failure is reported, the app lives on
-                    self._error = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                self.load_seconds = time.perf_counter() - start
+                    self._error = first_line(error)
             if self._error is not None:
                 raise AppError(f"the model could not be loaded: {self._error}")
             return self._pipe

@@ -258,8 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--out", help="where eval.md and eval.json go (default: --results)")
     score.add_argument("--dift-model", default="stabilityai/stable-diffusion-2-1",
                        help="Stable Diffusion 2.1 Hub id or folder for DIFT features")
-    score.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda if available)")
-    score.add_argument("--dtype", default="auto", choices=DTYPES)
+    device_options(score)
     score.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     app = commands.add_parser("app", help="the drag editor in the browser (needs the [app] extra)")
     model_options(app)
@@ -291,6 +290,10 @@ DTYPES = ["auto", "float16", "bfloat16", "float32"]
 def model_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub id or folder (default: {DEFAULT_MODEL})")
     sub.add_argument("--unet", help="swap in this UNet (Hub id or folder), e.g. an LCM one")
+    device_options(sub)
+
+
+def device_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda if available)")
     sub.add_argument("--dtype", default="auto", choices=DTYPES, help="default: float16 on CUDA, else float32")
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .dragbench import find_samples, load_sample, read_results
+from .dragbench import find_samples, is_done, load_sample, read_results
 
 DIFT_MODEL = "stabilityai/stable-diffusion-2-1"
 LPIPS_SIZE = 224
@@ -242,7 +242,7 @@ def evaluate(data: str | os.PathLike, results: str | os.PathLike, featurizer: Fe
     scores, missing = [], {}
     for sample in tqdm(samples, desc="DragBench eval", disable=not progress):
         record = latest.get(sample.key)
-        if record is None or record.get("status") != "ok" or not (results / record["image"]).is_file():
+        if not is_done(record, results):
             missing[sample.category] = missing.get(sample.category, 0) + 1
             continue
         scores.append(score_sample(sample, record, results, featurizer, distance))

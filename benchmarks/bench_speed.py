@@ -32,6 +32,7 @@ import time
 import torch
 
 from fastdrag import StableDiffusionFastDragPipeline
+from fastdrag.cli import DTYPES, pick_device_and_dtype
 from fastdrag.pipeline_fastdrag import PHASES, synchronize
 
 SD15_UNET = dict(
@@ -98,7 +99,7 @@ class Clock:
         self.seconds = time.perf_counter() - self.start
 
 
-def test_inputs(size: int):
+def benchmark_inputs(size: int):
     """A smooth image, a central mask and two drags, in image pixels (x, y)."""
     generator = torch.Generator().manual_seed(0)
     coarse = torch.rand(1, 3, 8, 8, generator=generator)
@@ -168,7 +169,7 @@ def attention_backend(name: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    parser.add_argument("--dtype", default="auto", choices=DTYPES)
     parser.add_argument("--resolution", type=int, default=512, help="square image side, a multiple of 8")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--strength", type=float, default=0.7)
@@ -181,8 +182,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads on the CPU")
     args = parser.parse_args()
 
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = getattr(torch, args.dtype) if args.dtype != "auto" else (torch.float16 if device.type == "cuda" else torch.float32)
+    device, dtype = pick_device_and_dtype(args.device, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -192,7 +192,7 @@ def main() -> None:
     if args.compile:
         pipe.unet.compile()
     built = time.perf_counter() - start
-    inputs = test_inputs(args.resolution)
+    inputs = benchmark_inputs(args.resolution)
 
     edits, phases, redrags, floors, kv_bytes = [], [], [], [], 0
     with attention_backend(args.sdpa):
