@@ -1,9 +1,15 @@
 """FastDrag's consistency preservation: record self-attention keys/values, then replay them.
 
 During DDIM inversion the self-attention (``attn1``) layers of the UNet's up blocks record their
-keys and values, per timestep. During sampling, at the same timestep, those layers attend with
-the recorded keys and values in place of their own; queries stay the sampling branch's own.
-Cross-attention, down and mid blocks are untouched (``fastdrag-method.md`` section 5).
+keys and values, one slot per inversion step. During sampling, at the same timestep, those layers
+attend with the recorded keys and values in place of their own; queries stay the sampling branch's
+own. Cross-attention, down and mid blocks are untouched (``docs/method.md``, section 5).
+
+Built for ``torch.compile`` and CUDA graphs: the keys and values live in a :class:`KVBank`
+preallocated once per (latent size, steps, dtype) and written and read in place; the step is a
+one-element device tensor, never a Python number, so Dynamo does not specialise on it; and the
+processors are created once per UNet and reused on every call. A compiled UNet therefore builds at
+most three graphs (record, replay, and the plain UNet), whatever the number of steps.
 
 This module imports nothing relative, so Diffusers can copy it beside a local
 ``custom_pipeline`` file.
@@ -12,7 +18,7 @@ This module imports nothing relative, so Diffusers can copy it beside a local
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+import math
 from typing import Iterator
 
 import torch
@@ -23,67 +29,126 @@ REPLAY = "replay"
 OFF = "off"
 
 
-class KVRecord:
-    """Keys and values per ``(timestep, layer)``, each ``(1, tokens, inner_dim)`` on the UNet's device and dtype."""
+def up_block_self_attention_layers(processor_names) -> list[str]:
+    """Names (as in ``unet.attn_processors``) of the up blocks' self-attention layers."""
+    return [name for name in processor_names if name.startswith("up_blocks.") and ".attn1." in name]
 
-    def __init__(self) -> None:
-        self._entries: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def put(self, timestep: int, layer: str, key: torch.Tensor, value: torch.Tensor) -> None:
-        self._entries[(timestep, layer)] = (key.detach(), value.detach())
+def _downsampled(size: int, downsampler) -> int:
+    """The side a Diffusers ``Downsample2D`` (or a module like it) makes of ``size``."""
+    conv = getattr(downsampler, "conv", None)
+    if isinstance(conv, torch.nn.Conv2d):
+        padding = conv.padding[0]
+        if getattr(downsampler, "use_conv", True) and getattr(downsampler, "padding", padding) == 0:
+            size += 1  # Downsample2D pads one pixel on the right and bottom instead
+        return (size + 2 * padding - conv.kernel_size[0]) // conv.stride[0] + 1
+    if isinstance(conv, torch.nn.AvgPool2d):
+        return (size - conv.kernel_size) // conv.stride + 1
+    return math.ceil(size / 2)
 
-    def get(self, timestep: int, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            return self._entries[(timestep, layer)]
-        except KeyError:
-            raise RuntimeError(
-                f"no keys/values were recorded for layer {layer!r} at timestep {timestep}; "
-                f"recorded timesteps: {self.timesteps}"
-            ) from None
+
+def up_block_token_counts(unet, latent_size: tuple[int, int]) -> dict[int, int]:
+    """Tokens (pixels) each up block's attention sees for a ``(height, width)`` latent, by block index.
+
+    Up block ``i`` of ``n`` runs at the resolution of down block ``n - 1 - i``'s input.
+    """
+    height, width = latent_size
+    sides = [(height, width)]
+    for block in unet.down_blocks[:-1]:
+        downsamplers = getattr(block, "downsamplers", None) or []
+        for downsampler in downsamplers:
+            height, width = _downsampled(height, downsampler), _downsampled(width, downsampler)
+        sides.append((height, width))
+    count = len(unet.up_blocks)
+    return {i: sides[count - 1 - i][0] * sides[count - 1 - i][1] for i in range(count) if count - 1 - i < len(sides)}
+
+
+def kv_shapes(unet, latent_size: tuple[int, int]) -> dict[str, tuple[int, int]]:
+    """``{layer: (tokens, inner_dim)}`` of every up-block self-attention layer, for a latent size."""
+    tokens = up_block_token_counts(unet, latent_size)
+    modules = dict(unet.named_modules())
+    shapes = {}
+    for name in up_block_self_attention_layers(unet.attn_processors):
+        attention = modules[name.removesuffix(".processor")]
+        shapes[name] = (tokens[int(name.split(".")[1])], attention.to_k.out_features)
+    return shapes
+
+
+class KVBank:
+    """Preallocated keys and values of the up blocks' self-attention, one slot per inversion step.
+
+    ``keys[layer]`` and ``values[layer]`` are ``(steps, tokens, inner_dim)`` tensors on the UNet's
+    device and dtype. Slot ``i`` holds what the ``i``-th inversion UNet call saw; sampling reads
+    the slots backwards. The tensors are created once and only ever written in place, so their
+    addresses stay fixed (what CUDA graphs and ``torch.compile``'s cudagraph mode need).
+    """
+
+    def __init__(self, shapes: dict[str, tuple[int, int]], steps: int, device, dtype: torch.dtype) -> None:
+        self.shapes = dict(shapes)
+        self.steps = steps
+        self.keys = {name: torch.zeros(steps, *shape, device=device, dtype=dtype) for name, shape in shapes.items()}
+        self.values = {name: torch.zeros(steps, *shape, device=device, dtype=dtype) for name, shape in shapes.items()}
+        for tensor in (*self.keys.values(), *self.values.values()):
+            torch._dynamo.mark_static_address(tensor)
 
     @property
-    def timesteps(self) -> list[int]:
-        return sorted({timestep for timestep, _ in self._entries})
-
-    @property
-    def layers(self) -> list[str]:
-        return sorted({layer for _, layer in self._entries})
+    def signature(self) -> tuple:
+        """What two banks must share for one to be copied into the other."""
+        first = next(iter(self.keys.values()), None)
+        device, dtype = (first.device, first.dtype) if first is not None else (None, None)
+        return (tuple(sorted(self.shapes.items())), self.steps, device, dtype)
 
     @property
     def nbytes(self) -> int:
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self._entries.values())
+        return sum(t.numel() * t.element_size() for t in (*self.keys.values(), *self.values.values()))
 
-    def clear(self) -> None:
-        self._entries.clear()
+    def copy_(self, other: "KVBank") -> "KVBank":
+        """Overwrite this bank with ``other``'s contents, in place."""
+        if other.signature != self.signature:
+            raise ValueError("the two key/value banks differ in layers, steps, device or dtype")
+        for name in self.keys:
+            self.keys[name].copy_(other.keys[name])
+            self.values[name].copy_(other.values[name])
+        return self
 
-    def __len__(self) -> int:
-        return len(self._entries)
+    def clone(self) -> "KVBank":
+        """A new bank holding a copy of this one's contents."""
+        first = next(iter(self.keys.values()))
+        return KVBank(self.shapes, self.steps, first.device, first.dtype).copy_(self)
 
-    def __contains__(self, item: tuple[int, str]) -> bool:
-        return item in self._entries
 
-
-@dataclass
 class KVState:
-    """What the FastDrag processors do on the next UNet call: shared by all of them for one call.
+    """What the FastDrag processors do on the next UNet call; shared by all of them.
 
-    ``mode`` is ``"record"``, ``"replay"`` or ``"off"``; ``timestep`` is the Python int of the
-    UNet call about to run (a host value, so processors never read a device tensor).
+    ``mode`` is ``"record"``, ``"replay"`` or ``"off"`` (a host value: Dynamo builds one graph per
+    mode). ``step`` is a ``(1,)`` int64 tensor on the UNet's device holding the bank slot of the
+    call about to run; the caller sets it in place (``state.step.fill_(i)``), so nothing waits on
+    the host and a compiled UNet does not recompile per step.
     """
 
-    record: KVRecord = field(default_factory=KVRecord)
-    mode: str = OFF
-    timestep: int | None = None
+    def __init__(self, device) -> None:
+        self.mode = OFF
+        self.step = torch.zeros(1, dtype=torch.long, device=device)
+        torch._dynamo.mark_static_address(self.step)
+        self.bank: KVBank | None = None
 
     def exchange(self, layer: str, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Record ``key``/``value``, or swap in the recorded ones, according to ``mode``."""
+        """Record ``key``/``value`` into the bank, or swap in the recorded ones, according to ``mode``."""
         if self.mode == RECORD:
-            self.record.put(self.timestep, layer, key, value)
+            keys, values = self.bank.keys[layer], self.bank.values[layer]
+            if tuple(key.shape) != (1, *keys.shape[1:]):
+                raise RuntimeError(
+                    f"FastDrag expected keys of shape (1, {keys.shape[1]}, {keys.shape[2]}) in {layer}, got "
+                    f"{tuple(key.shape)}: this UNet's up-block layout is not one FastDrag knows"
+                )
+            keys.index_copy_(0, self.step, key)
+            values.index_copy_(0, self.step, value)
             return key, value
         if self.mode == REPLAY:
-            recorded_key, recorded_value = self.record.get(self.timestep, layer)
             # Inversion runs at batch 1; sampling may run at 2 (guidance): share one copy.
             batch = key.shape[0]
+            recorded_key = self.bank.keys[layer].index_select(0, self.step)
+            recorded_value = self.bank.values[layer].index_select(0, self.step)
             return recorded_key.expand(batch, -1, -1), recorded_value.expand(batch, -1, -1)
         return key, value
 
@@ -161,25 +226,27 @@ class FastDragAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
-def up_block_self_attention_layers(processor_names) -> list[str]:
-    """Names (as in ``unet.attn_processors``) of the up blocks' self-attention layers."""
-    return [name for name in processor_names if name.startswith("up_blocks.") and ".attn1." in name]
+def fastdrag_processors(unet, state: KVState) -> dict[str, FastDragAttnProcessor]:
+    """One FastDrag processor per up-block self-attention layer of ``unet``, sharing ``state``.
+
+    Build them once and pass the same objects to every :func:`fastdrag_attention`: a compiled UNet
+    guards on its processors, and new objects on every call would make it recompile.
+    """
+    return {name: FastDragAttnProcessor(name, state) for name in up_block_self_attention_layers(unet.attn_processors)}
 
 
 @contextlib.contextmanager
-def fastdrag_attention(unet, state: KVState) -> Iterator[list[str]]:
-    """Install FastDrag processors on the up blocks' ``attn1`` layers for the ``with`` body.
+def fastdrag_attention(unet, processors: dict[str, FastDragAttnProcessor]) -> Iterator[None]:
+    """Install ``processors`` (from :func:`fastdrag_processors`) on their layers for the ``with`` body.
 
     The UNet's own processors (whatever they are: SDPA, sliced, xformers) are put back on every
-    exit path: return, exception or interrupt. Yields the names of the layers taken over.
+    exit path: return, exception or interrupt; and the processors' state is switched off.
     """
     originals = unet.attn_processors
-    layers = up_block_self_attention_layers(originals)
-    unet.set_attn_processor(
-        {name: FastDragAttnProcessor(name, state) if name in layers else proc for name, proc in originals.items()}
-    )
+    unet.set_attn_processor({name: processors.get(name, proc) for name, proc in originals.items()})
     try:
-        yield layers
+        yield
     finally:
         unet.set_attn_processor(originals)
-        state.mode = OFF
+        for processor in processors.values():
+            processor.state.mode = OFF

@@ -1,8 +1,9 @@
 """Entry file for Hub repos: `custom_pipeline="<user>/<repo>"` loads `pipeline.py`.
 
-Diffusers fetches the relative imports named here along with it, so all three modules travel.
+Diffusers fetches the relative imports named here along with it, so every module travels.
 """
 
 from .attention_processors import FastDragAttnProcessor  # noqa: F401
+from .cuda_graphs import GraphCache  # noqa: F401
 from .pipeline_fastdrag import FastDragInversion, StableDiffusionFastDragPipeline  # noqa: F401
 from .warpage import warp_latents  # noqa: F401

@@ -11,6 +11,7 @@ Loadable as a package (``from fastdrag import StableDiffusionFastDragPipeline``)
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import time
@@ -31,7 +32,8 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from diffusers.schedulers import DDIMInverseScheduler, DDIMScheduler, SchedulerMixin
 from diffusers.utils import logging, replace_example_docstring
 
-from .attention_processors import KVRecord, KVState, REPLAY, RECORD, fastdrag_attention
+from .attention_processors import RECORD, REPLAY, KVBank, KVState, fastdrag_attention, fastdrag_processors, kv_shapes
+from .cuda_graphs import DEFAULT_MAX_GRAPHS, GraphCache
 from .warpage import (
     FILL_MODES,
     as_points,
@@ -40,6 +42,7 @@ from .warpage import (
     image_to_latent_points,
     image_to_tensor,
     mask_to_tensor,
+    warp_constants,
     warp_latents,
 )
 
@@ -78,8 +81,8 @@ class FastDragInversion:
         latents: ``(1, C, h, w)`` inverted latent ``z_t`` at the last inversion timestep.
         image_latents: ``(1, C, h, w)`` the encoded image ``z_0`` (distribution mean, scaled).
         timesteps: the inversion's timesteps, ascending (sampling visits them descending).
-        kv_record: the up blocks' self-attention keys/values per timestep, or ``None`` when
-            inverted with ``preserve_consistency=False``.
+        kv_bank: the up blocks' self-attention keys/values, one slot per inversion step (a copy,
+            on the device), or ``None`` when inverted with ``preserve_consistency=False``.
         prompt_embeds: ``(1, tokens, dim)`` conditional text embedding used for inversion.
         prompt: the prompt text.
         image_size: ``(height, width)`` of the image, in pixels.
@@ -89,7 +92,7 @@ class FastDragInversion:
     latents: torch.Tensor
     image_latents: torch.Tensor
     timesteps: tuple[int, ...]
-    kv_record: KVRecord | None
+    kv_bank: KVBank | None
     prompt_embeds: torch.Tensor
     prompt: str
     image_size: tuple[int, int]
@@ -106,6 +109,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def canonical_device(device: torch.device | str) -> torch.device:
+    """``device`` with its index filled in (``cuda`` -> ``cuda:0``), as tensors report theirs."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; from the host to CUDA through pinned memory, so the host does not wait."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def _explicit_config(config, target: type) -> dict[str, Any]:
@@ -197,6 +215,12 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         self._guidance_scale = 1.0
         self._num_timesteps = 0
         self._phase_times: dict[str, float] | None = None
+        # Created on first use and kept: a compiled UNet and captured graphs rely on the same
+        # processor objects and the same key/value bank being there on every call.
+        self._kv_state: KVState | None = None
+        self._kv_processors: dict | None = None
+        self._kv_processors_key: tuple | None = None
+        self._cuda_graphs: GraphCache | None = None
 
     @classmethod
     def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs) -> "StableDiffusionFastDragPipeline":
@@ -208,6 +232,34 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
             kwargs["dtype"] = pipeline.dtype
         return super().from_pipe(pipeline, **kwargs)
+
+    def enable_cuda_graphs(self, max_graphs: int = DEFAULT_MAX_GRAPHS) -> None:
+        r"""
+        Run inversion, warp and sampling as CUDA graphs: captured on first use, replayed afterwards.
+
+        Each of the three is captured once per combination of what its kernels depend on (image
+        size, steps and strength, guidance scale, dtype, consistency, fill, number of drags, the
+        UNet and its attention processors), then replayed as one launch: the UNet calls with their
+        key/value record or replay and the scheduler steps of a whole loop. Results are the same
+        bits as the eager path. The first call of each new combination pays an eager warm-up and
+        the capture. At most ``max_graphs`` graphs are kept, least recently used evicted first;
+        they share one memory pool. Calls with ``callback_on_step_end`` sample eagerly, and
+        ``fill="noise"`` warps eagerly.
+
+        Call it after moving the pipeline to its CUDA device. On another device the pipeline runs
+        eagerly (a warning says so once). Call it again to drop the graphs, for example after
+        changing LoRA scales in place, which a graph would not see.
+
+        Raises:
+            RuntimeError: when this torch has no CUDA device.
+        """
+        if not torch.cuda.is_available():
+            raise RuntimeError("CUDA graphs need a CUDA device, and torch.cuda.is_available() is False")
+        self._cuda_graphs = GraphCache(max_graphs)
+
+    def disable_cuda_graphs(self) -> None:
+        """Go back to eager execution and free the captured graphs."""
+        self._cuda_graphs = None
 
     @property
     def guidance_scale(self) -> float:
@@ -337,7 +389,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         ):
             if given is not None and given != own:
                 raise ValueError(f"`{name}`={given!r} differs from the inversion's {own!r}: leave it out, or invert again")
-        if preserve_consistency and inversion.kv_record is None:
+        if preserve_consistency and inversion.kv_bank is None:
             raise ValueError(
                 "`inversion` holds no keys/values (made with preserve_consistency=False); "
                 "invert again with preserve_consistency=True, or pass preserve_consistency=False"
@@ -388,54 +440,222 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         checker_input = self.feature_extractor(pil_images, return_tensors="pt").to(device)
         return self.safety_checker(images=image, clip_input=checker_input.pixel_values.to(dtype))
 
+    # ----------------------------------------------------------------------------------------
+    # Keys/values, graphs and the denoising loops
+    # ----------------------------------------------------------------------------------------
+
+    def _kv_for(self, device: torch.device, latent_size: tuple[int, int], steps: int) -> tuple[KVState, dict]:
+        """The pipeline's key/value state and processors, its bank sized for ``latent_size`` and ``steps``.
+
+        All three are created once and kept, so a compiled UNet sees the same processor objects and
+        the same bank tensors on every call; the bank is only replaced when its shape changes.
+        """
+        unet = getattr(self.unet, "_orig_mod", self.unet)  # torch.compile wraps the module
+        device = canonical_device(device)
+        state = self._kv_state
+        if state is None or state.step.device != device:
+            state = self._kv_state = KVState(device)
+            self._kv_processors = None
+        shapes = kv_shapes(unet, latent_size)
+        if self._kv_processors is None or self._kv_processors_key != tuple(shapes):
+            self._kv_processors, self._kv_processors_key = fastdrag_processors(unet, state), tuple(shapes)
+        if state.bank is None or state.bank.signature != (tuple(sorted(shapes.items())), steps, device, unet.dtype):
+            state.bank = None  # free the old bank before making the new one
+            state.bank = KVBank(shapes, steps, device, unet.dtype)
+            if self._cuda_graphs is not None:
+                self._cuda_graphs.clear()  # they read and write the old bank
+        return state, self._kv_processors
+
+    def _graphs_for(self, device: torch.device) -> GraphCache | None:
+        """The graph cache when CUDA graphs are enabled and usable on ``device``, else None (eager)."""
+        graphs = self._cuda_graphs
+        if graphs is None:
+            return None
+        offloaded = any(hasattr(model, "_hf_hook") for model in self.components.values())
+        if device.type != graphs.device_type or offloaded:
+            if not getattr(self, "_warned_eager", False):
+                why = "with model offloading" if offloaded else f"on {device.type}"
+                logger.warning(f"CUDA graphs are enabled but cannot run {why}: running eagerly.")
+                self._warned_eager = True
+            return None
+        return graphs
+
+    def _graph_signature(self) -> tuple:
+        """What a captured UNet loop bakes in besides its inputs: the UNet's weights (by address),
+        its attention processors and the schedulers."""
+        unet = self.unet
+        return (
+            tuple(p.data_ptr() for p in unet.parameters()),
+            tuple(map(id, unet.attn_processors.values())),
+            id(self.scheduler),
+            id(self.inverse_scheduler),
+        )
+
+    def _run_loop(
+        self,
+        body: Callable[..., torch.Tensor],
+        inputs: dict[str, torch.Tensor],
+        steps: int,
+        graphs: GraphCache | None,
+        key: tuple,
+        keep_alive: tuple = (),
+    ) -> torch.Tensor:
+        """``body(**inputs)`` eagerly with a progress bar, or replayed from a graph keyed by ``key``."""
+        with self.progress_bar(total=steps) as progress_bar:
+            if graphs is None:
+                return body(**inputs, on_step=progress_bar.update)
+            # A graph's outputs are overwritten by its next replay: hand out a copy.
+            latents = graphs.run(key, body, inputs, keep_alive)[0].clone()
+            progress_bar.update(steps)
+            return latents
+
+    def _inversion_loop(
+        self,
+        latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        timesteps: torch.Tensor,
+        *,
+        steps: list[int],
+        kv: KVState | None,
+        on_step: Callable[[], Any] | None = None,
+    ) -> torch.Tensor:
+        """DDIM inversion from ``z_0`` over ``steps`` (ascending; ``timesteps`` the same on the device),
+        recording the keys/values of step ``i`` into the bank's slot ``i``."""
+        if kv is not None:
+            kv.mode = RECORD
+        for i, t in enumerate(steps):
+            if kv is not None:
+                kv.step.fill_(i)
+            noise_pred = self.unet(latents, timesteps[i], encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+            latents = self.inverse_scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+            if on_step is not None:
+                on_step()
+        return latents
+
+    def _sampling_loop(
+        self,
+        latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        timesteps: torch.Tensor,
+        negative_embeds: torch.Tensor | None = None,
+        *,
+        steps: list[int],
+        kv: KVState | None,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] = (),
+        on_step: Callable[[], Any] | None = None,
+    ) -> torch.Tensor:
+        """DDIM sampling (eta = 0) over ``steps`` (descending; ``timesteps`` the same on the device),
+        replaying at step ``i`` the keys/values the inversion recorded in slot ``len(steps) - 1 - i``."""
+        if kv is not None:
+            kv.mode = REPLAY
+        guided = negative_embeds is not None
+        embeds = torch.cat([negative_embeds, prompt_embeds]) if guided else prompt_embeds
+        last = len(steps) - 1
+        for i, t in enumerate(steps):
+            if self.interrupt:
+                continue
+            if kv is not None:
+                kv.step.fill_(last - i)
+            model_input = torch.cat([latents] * 2) if guided else latents
+            noise_pred = self.unet(model_input, timesteps[i], encoder_hidden_states=embeds, return_dict=False)[0]
+            if guided:
+                noise_uncond, noise_text = noise_pred.chunk(2)
+                noise_pred = noise_uncond + self.guidance_scale * (noise_text - noise_uncond)
+            latents = self.scheduler.step(noise_pred, t, latents, eta=0.0, return_dict=False)[0]
+
+            if callback_on_step_end is not None:
+                callback_kwargs = {"latents": latents, "prompt_embeds": prompt_embeds}
+                callback_kwargs = {k: callback_kwargs[k] for k in callback_on_step_end_tensor_inputs}
+                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                latents = callback_outputs.pop("latents", latents)
+                if "prompt_embeds" in callback_outputs:
+                    prompt_embeds = callback_outputs.pop("prompt_embeds")
+                    embeds = torch.cat([negative_embeds, prompt_embeds]) if guided else prompt_embeds
+            if on_step is not None:
+                on_step()
+        return latents
+
     def _invert_latents(
         self,
         image_latents: torch.Tensor,
         prompt_embeds: torch.Tensor,
-        timesteps: list[int],
-        state: KVState | None,
+        timesteps: torch.Tensor,
+        steps: list[int],
+        kv: tuple[KVState, dict] | None,
+        graphs: GraphCache | None,
     ) -> torch.Tensor:
-        """DDIM inversion from ``z_0`` over ``timesteps`` (ascending), recording K/V into ``state``."""
-        latents = image_latents.to(self.unet.dtype)
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for t in timesteps:
-                if state is not None:
-                    state.mode, state.timestep = RECORD, t
-                noise_pred = self.unet(latents, t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
-                latents = self.inverse_scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-                progress_bar.update()
-        return latents
+        """Run the inversion loop, with the FastDrag processors installed when ``kv`` is given."""
+        state, processors = kv if kv is not None else (None, None)
+        body = functools.partial(self._inversion_loop, steps=steps, kv=state)
+        inputs = {"latents": image_latents.to(self.unet.dtype), "prompt_embeds": prompt_embeds, "timesteps": timesteps}
+        key = ("inversion", self._graph_signature() if graphs else None, tuple(steps), kv is not None)
+        with fastdrag_attention(self.unet, processors) if kv is not None else contextlib.nullcontext():
+            return self._run_loop(body, inputs, len(steps), graphs, key)
 
-    def _invert(
+    def _sample_latents(
+        self,
+        latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        negative_embeds: torch.Tensor | None,
+        timesteps: torch.Tensor,
+        steps: list[int],
+        kv: tuple[KVState, dict] | None,
+        graphs: GraphCache | None,
+        callback_on_step_end,
+        callback_on_step_end_tensor_inputs: list[str],
+    ) -> torch.Tensor:
+        """Run the sampling loop, replaying the bank's keys/values when ``kv`` is given. A callback
+        runs on the host between steps, so a call with one samples eagerly."""
+        state, processors = kv if kv is not None else (None, None)
+        body = functools.partial(
+            self._sampling_loop, steps=steps, kv=state, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
+        inputs = {"latents": latents, "prompt_embeds": prompt_embeds, "timesteps": timesteps}
+        if negative_embeds is not None:
+            inputs["negative_embeds"] = negative_embeds
+        graphs = graphs if callback_on_step_end is None else None
+        key = ("sampling", self._graph_signature() if graphs else None, tuple(steps), kv is not None, self.guidance_scale)
+        with fastdrag_attention(self.unet, processors) if kv is not None else contextlib.nullcontext():
+            return self._run_loop(body, inputs, len(steps), graphs, key)
+
+    def _warp(
+        self,
+        latents: torch.Tensor,
+        mask: torch.Tensor,
+        handles: torch.Tensor,
+        targets: torch.Tensor,
+        fill: str,
+        generator: torch.Generator | None,
+        graphs: GraphCache | None,
+    ) -> torch.Tensor:
+        """The one-step warpage of the inverted latent (validated inputs; ``(row, col)`` points)."""
+        if graphs is None or fill == "noise":  # random numbers are drawn on the host's generator
+            return warp_latents(latents, mask, handles, targets, fill=fill, generator=generator, validate=False)
+
+        def body(latents, mask, handles, targets):
+            return warp_latents(latents, mask, handles, targets, fill=fill, validate=False)
+
+        inputs = {"latents": latents, "mask": mask, "handles": handles, "targets": targets}
+        keep_alive = warp_constants(*latents.shape[-2:], latents.device)
+        return graphs.run(("warp", fill), body, inputs, keep_alive)[0].clone()
+
+    def _encode_and_invert(
         self,
         pixels: torch.Tensor,
-        prompt: str,
-        num_inference_steps: int,
-        inversion_strength: float,
-        timesteps: list[int],
-        record: KVRecord | None,
-    ) -> FastDragInversion:
-        """Encode and invert already-validated inputs, recording K/V into ``record`` unless None."""
-        device = self._execution_device
-        with self._phase("text"):
-            prompt_embeds = self.encode_prompt(prompt, device)
+        prompt_embeds: torch.Tensor,
+        timesteps: torch.Tensor,
+        steps: list[int],
+        kv: tuple[KVState, dict] | None,
+        graphs: GraphCache | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z_0, z_t)``: the encoded image and its inversion, the keys/values recorded in ``kv``'s bank."""
         with self._phase("encode"):
-            image_latents = self.encode_image(pixels, device)
-        state = KVState(record=record) if record is not None else None
+            image_latents = self.encode_image(pixels, pixels.device)
         with self._phase("inversion"):
-            with fastdrag_attention(self.unet, state) if state is not None else contextlib.nullcontext():
-                latents = self._invert_latents(image_latents, prompt_embeds, timesteps, state)
-        return FastDragInversion(
-            latents=latents,
-            image_latents=image_latents,
-            timesteps=tuple(timesteps),
-            kv_record=record,
-            prompt_embeds=prompt_embeds,
-            prompt=prompt,
-            image_size=tuple(pixels.shape[-2:]),
-            num_inference_steps=num_inference_steps,
-            inversion_strength=float(inversion_strength),
-        )
+            latents = self._invert_latents(image_latents, prompt_embeds, timesteps, steps, kv, graphs)
+        return image_latents, latents
 
     @torch.no_grad()
     def invert(
@@ -455,11 +675,31 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         steps = self.check_schedule(num_inference_steps, inversion_strength)
         if not isinstance(prompt, str):
             raise TypeError(f"`prompt` must be a str, got {type(prompt).__name__}")
-        timesteps, _ = self.timesteps_for(num_inference_steps, steps)
-        record = KVRecord() if preserve_consistency else None
-        inversion = self._invert(pixels, prompt, num_inference_steps, inversion_strength, timesteps, record)
+        inversion_steps, _ = self.timesteps_for(num_inference_steps, steps)
+
+        device = self._execution_device
+        pixels, timesteps = to_device(pixels, device), to_device(torch.tensor(inversion_steps), device)
+        kv = self._kv_for(device, self.latent_size(pixels.shape[-2:]), steps) if preserve_consistency else None
+        graphs = self._graphs_for(device)
+        with self._phase("text"):
+            prompt_embeds = self.encode_prompt(prompt, device)
+        image_latents, latents = self._encode_and_invert(pixels, prompt_embeds, timesteps, inversion_steps, kv, graphs)
         self.maybe_free_model_hooks()
-        return inversion
+        return FastDragInversion(
+            latents=latents,
+            image_latents=image_latents,
+            timesteps=tuple(inversion_steps),
+            kv_bank=kv[0].bank.clone() if kv is not None else None,
+            prompt_embeds=prompt_embeds,
+            prompt=prompt,
+            image_size=tuple(pixels.shape[-2:]),
+            num_inference_steps=num_inference_steps,
+            inversion_strength=float(inversion_strength),
+        )
+
+    def latent_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """``(height, width)`` of the latent of an image of ``image_size = (height, width)`` pixels."""
+        return image_size[0] // self.vae_scale_factor, image_size[1] // self.vae_scale_factor
 
     # ----------------------------------------------------------------------------------------
     # The call
@@ -569,52 +809,54 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
             callback_on_step_end_tensor_inputs,
         )
         pixel_mask = mask_to_tensor(mask, image_size)
-        inversion_timesteps, timesteps = self.timesteps_for(num_inference_steps, steps)
+        inversion_steps, sampling_steps = self.timesteps_for(num_inference_steps, steps)
 
         self._guidance_scale = guidance_scale
-        self._num_timesteps = len(timesteps)
+        self._num_timesteps = len(sampling_steps)
         self._interrupt = False
 
-        # 2. Define call parameters.
+        # 2. Define call parameters. Every input goes to the device now, while its queue is empty:
+        #    later, a host-to-device copy would wait for the queued work.
         device = self._execution_device
-        latent_mask = image_to_latent_mask(pixel_mask, self.vae_scale_factor).to(device)
-        handles = image_to_latent_points(handles_xy, self.vae_scale_factor).to(device)
-        targets = image_to_latent_points(targets_xy, self.vae_scale_factor).to(device)
+        latent_mask = to_device(image_to_latent_mask(pixel_mask, self.vae_scale_factor), device)
+        handles = to_device(image_to_latent_points(handles_xy, self.vae_scale_factor), device)
+        targets = to_device(image_to_latent_points(targets_xy, self.vae_scale_factor), device)
+        inversion_timesteps = to_device(torch.tensor(inversion_steps), device)
+        sampling_timesteps = to_device(torch.tensor(sampling_steps), device)
+        pixels = to_device(pixels, device) if inversion is None else None
+        kv = self._kv_for(device, self.latent_size(image_size), steps) if preserve_consistency else None
+        graphs = self._graphs_for(device)
 
-        # A record this call makes dies with it; one from `pipe.invert` belongs to the caller.
-        own_record = KVRecord() if inversion is None and preserve_consistency else None
-        try:
-            # 3. Encode the prompt and the image, and invert it (unless a cached inversion is given).
-            if inversion is None:
-                inversion = self._invert(
-                    pixels, prompt, num_inference_steps, inversion_strength, inversion_timesteps, own_record
-                )
-            prompt_embeds = inversion.prompt_embeds.to(device)
-            negative_embeds = None
-            if self.do_classifier_free_guidance:
-                with self._phase("text"):
+        # 3. Encode the prompt (a cached inversion brings its own embedding).
+        prompt_embeds = inversion.prompt_embeds.to(device) if inversion is not None else None
+        negative_embeds = None
+        if prompt_embeds is None or self.do_classifier_free_guidance:
+            with self._phase("text"):
+                if prompt_embeds is None:
+                    prompt_embeds = self.encode_prompt(prompt, device)
+                if self.do_classifier_free_guidance:
                     negative_embeds = self.encode_prompt(negative_prompt or "", device)
 
-            # 4. One-step warpage: LWF, relocation and filling of the null pixels.
-            with self._phase("warp"):
-                latents = warp_latents(
-                    inversion.latents.to(device), latent_mask, handles, targets, fill=fill, generator=generator,
-                    validate=False,
-                )
+        # 4. Encode the image and invert it, recording keys/values; or load a cached inversion.
+        if inversion is None:
+            _, latents = self._encode_and_invert(pixels, prompt_embeds, inversion_timesteps, inversion_steps, kv, graphs)
+        else:
+            latents = inversion.latents.to(device)
+            if kv is not None:
+                kv[0].bank.copy_(inversion.kv_bank)
 
-            # 5. Sample back to t = 0, replaying the recorded keys/values.
-            state = KVState(record=inversion.kv_record) if preserve_consistency else None
-            with self._phase("sampling"):
-                with fastdrag_attention(self.unet, state) if state is not None else contextlib.nullcontext():
-                    latents, prompt_embeds = self._sample(
-                        latents, prompt_embeds, negative_embeds, timesteps, state,
-                        callback_on_step_end, callback_on_step_end_tensor_inputs,
-                    )
-        finally:
-            if own_record is not None:
-                own_record.clear()
+        # 5. One-step warpage: LWF, relocation and filling of the null pixels.
+        with self._phase("warp"):
+            latents = self._warp(latents, latent_mask, handles, targets, fill, generator, graphs)
 
-        # 6. Decode and post-process.
+        # 6. Sample back to t = 0, replaying the recorded keys/values.
+        with self._phase("sampling"):
+            latents = self._sample_latents(
+                latents, prompt_embeds, negative_embeds, sampling_timesteps, sampling_steps, kv, graphs,
+                callback_on_step_end, callback_on_step_end_tensor_inputs,
+            )
+
+        # 7. Decode and post-process.
         if output_type != "latent":
             with self._phase("decode"):
                 image = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
@@ -624,44 +866,9 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         else:
             image, has_nsfw_concept = latents, None
 
-        # 7. Offload all models.
+        # 8. Offload all models.
         self.maybe_free_model_hooks()
 
         if not return_dict:
             return (image, has_nsfw_concept)
         return StableDiffusionPipelineOutput(images=image, nsfw_content_detected=has_nsfw_concept)
-
-    def _sample(
-        self,
-        latents: torch.Tensor,
-        prompt_embeds: torch.Tensor,
-        negative_embeds: torch.Tensor | None,
-        timesteps: list[int],
-        state: KVState | None,
-        callback_on_step_end,
-        callback_on_step_end_tensor_inputs: list[str],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """DDIM sampling (eta = 0) over ``timesteps`` (descending); returns the latents and the embeddings."""
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    continue
-                if state is not None:
-                    state.mode, state.timestep = REPLAY, t
-                embeds = prompt_embeds if negative_embeds is None else torch.cat([negative_embeds, prompt_embeds])
-                model_input = latents if negative_embeds is None else torch.cat([latents] * 2)
-                noise_pred = self.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
-                if negative_embeds is not None:
-                    noise_uncond, noise_text = noise_pred.chunk(2)
-                    noise_pred = noise_uncond + self.guidance_scale * (noise_text - noise_uncond)
-                latents = self.scheduler.step(noise_pred, t, latents, eta=0.0, return_dict=False)[0]
-
-                if callback_on_step_end is not None:
-                    callback_kwargs = {"latents": latents, "prompt_embeds": prompt_embeds}
-                    callback_kwargs = {k: callback_kwargs[k] for k in callback_on_step_end_tensor_inputs}
-                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                    latents = callback_outputs.pop("latents", latents)
-                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
-                progress_bar.update()
-        return latents, prompt_embeds
-

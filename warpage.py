@@ -393,6 +393,20 @@ def fill_null(
     return torch.where(null, noise.to(device=latents.device, dtype=latents.dtype), latents)
 
 
+def warp_constants(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The cached index tensors :func:`warp_latents` reads for an ``(H, W)`` grid on ``device``.
+
+    A CUDA graph of the warp bakes their addresses in: whoever keeps the graph keeps these too,
+    so that the caches may drop them without the graph reading freed memory.
+    """
+    return (
+        *_grid(height, width, device),
+        _flat_index(height * width, device),
+        _float_coords(height, width, device),
+        *_direction_tables(height, width, device),
+    )
+
+
 def warp_latents(
     latents: torch.Tensor,
     mask: torch.Tensor,

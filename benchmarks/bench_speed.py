@@ -208,7 +208,7 @@ def main() -> None:
             floors.append(time_floor(pipe, inputs, args, device))
             inversion = pipe.invert(inputs[0], prompt=args.prompt, num_inference_steps=args.steps,
                                     inversion_strength=args.strength)
-            kv_bytes = inversion.kv_record.nbytes
+            kv_bytes = inversion.kv_bank.nbytes
             redrags.append(time_redrag(pipe, inversion, inputs, device))
             del inversion
 

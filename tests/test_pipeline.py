@@ -1,5 +1,3 @@
-import gc
-
 import numpy as np
 import pytest
 import torch
@@ -8,7 +6,7 @@ from diffusers.configuration_utils import FrozenDict
 from PIL import Image
 
 from fastdrag import StableDiffusionFastDragPipeline, attention_processors
-from fastdrag.attention_processors import KVRecord, KVState, up_block_self_attention_layers
+from fastdrag.attention_processors import KVBank, KVState, up_block_self_attention_layers
 from fastdrag.warpage import image_to_latent_mask, image_to_latent_points, warp_latents
 from tiny_models import IMAGE_SIZE, tiny_components, tiny_image
 
@@ -26,11 +24,6 @@ def count_unet_calls(pipe) -> list:
     calls = []
     pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
     return calls
-
-
-def live_records() -> list:
-    gc.collect()
-    return [o for o in gc.get_objects() if type(o) is KVRecord and len(o)]
 
 
 def processors_of(pipe) -> dict:
@@ -127,45 +120,70 @@ def test_disagreeing_inverse_scheduler_is_rejected_before_any_unet_call(pipe):
 # --------------------------------------------------------------------------------------------
 
 
-def spy_on_exchange(monkeypatch) -> list:
+def spy_on_exchange(pipe, monkeypatch) -> list:
+    """Log each UNet call's timestep as ("unet", t), and each exchange as (mode, slot, layer, batch, key out)."""
     log = []
     original = KVState.exchange
 
     def exchange(self, layer, key, value):
         out = original(self, layer, key, value)
-        log.append((self.mode, self.timestep, layer, key.shape[0], out[0].data_ptr()))
+        log.append((self.mode, int(self.step), layer, key.shape[0], out[0][:1].clone()))
         return out
 
     monkeypatch.setattr(KVState, "exchange", exchange)
+    pipe.unet.register_forward_pre_hook(lambda module, args: log.append(("unet", int(args[1]))))
     return log
+
+
+def by_timestep(log) -> list:
+    """The exchanges of ``log`` as (mode, timestep of the UNet call, slot, layer, batch, key)."""
+    rows, timestep = [], None
+    for entry in log:
+        if entry[0] == "unet":
+            timestep = entry[1]
+        else:
+            rows.append((entry[0], timestep, *entry[1:]))
+    return rows
 
 
 @pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
 def test_each_up_block_layer_records_once_per_step_and_replays_at_the_same_step(pipe, monkeypatch, guidance_scale):
-    log = spy_on_exchange(monkeypatch)
+    raw = spy_on_exchange(pipe, monkeypatch)
     drag(pipe, guidance_scale=guidance_scale)
+    log = by_timestep(raw)
     layers = up_block_self_attention_layers(pipe.unet.attn_processors)
     assert len(layers) == 2 and all(".attn1." in name for name in layers)
     inversion, sampling = pipe.timesteps_for(10, 7)
 
-    recorded = [(t, layer) for mode, t, layer, _, _ in log if mode == "record"]
-    replayed = [(t, layer) for mode, t, layer, _, _ in log if mode == "replay"]
-    assert sorted(recorded) == sorted((t, layer) for t in inversion for layer in layers)
-    assert len(set(recorded)) == len(recorded)
+    recorded = [(t, layer) for mode, t, _, layer, _, _ in log if mode == "record"]
+    replayed = [(t, layer) for mode, t, _, layer, _, _ in log if mode == "replay"]
+    assert recorded == [(t, layer) for t in inversion for layer in layers]
     assert replayed == [(t, layer) for t in sampling for layer in layers]
-    # The replayed keys are the recorded tensors themselves, shared across the guidance batch.
-    recorded_ptr = {(t, layer): ptr for mode, t, layer, _, ptr in log if mode == "record"}
+    # Slot i holds inversion step i; sampling reads them backwards.
+    assert [row[2] for row in log if row[0] == "record"] == [i for i in range(7) for _ in layers]
+    assert [row[2] for row in log if row[0] == "replay"] == [6 - i for i in range(7) for _ in layers]
+    # The replayed keys are the ones recorded at the same timestep, shared across the guidance batch.
+    recorded_keys = {(t, layer): key for mode, t, _, layer, _, key in log if mode == "record"}
     batch = 2 if guidance_scale > 1 else 1
-    for mode, t, layer, key_batch, ptr in log:
+    for mode, t, _, layer, key_batch, key in log:
         if mode == "replay":
-            assert ptr == recorded_ptr[(t, layer)] and key_batch == batch
+            assert torch.equal(key, recorded_keys[(t, layer)]) and key_batch == batch
         else:
             assert key_batch == 1  # inversion runs on the conditional branch alone
 
 
-def test_nothing_is_left_recorded_after_the_call(pipe):
+def test_one_bank_is_kept_and_reused_across_calls(pipe):
     drag(pipe)
-    assert live_records() == []
+    bank = pipe._kv_state.bank
+    assert isinstance(bank, KVBank) and bank.steps == 7 and len(bank.keys) == 2
+    # 2 layers x (keys, values) x 7 steps x 16x16 tokens x 16 channels, float32.
+    assert bank.nbytes == 2 * 2 * 7 * 256 * 16 * 4
+    addresses = [t.data_ptr() for t in bank.keys.values()]
+    drag(pipe, handle_points=[(5, 5)], target_points=[(9, 5)])
+    pipe.invert(tiny_image(), prompt="a cat")
+    assert pipe._kv_state.bank is bank and [t.data_ptr() for t in bank.keys.values()] == addresses
+    drag(pipe, num_inference_steps=20, inversion_strength=0.5)  # another shape: a new bank
+    assert pipe._kv_state.bank.steps == 10
     assert not any(isinstance(p, attention_processors.FastDragAttnProcessor) for p in processors_of(pipe).values())
 
 
@@ -176,23 +194,32 @@ def test_consistency_on_and_off_differ(pipe):
 
 
 def test_off_records_nothing_and_installs_nothing(pipe, monkeypatch):
-    log = spy_on_exchange(monkeypatch)
+    log = spy_on_exchange(pipe, monkeypatch)
     drag(pipe, preserve_consistency=False)
-    assert log == []
+    assert [entry for entry in log if entry[0] != "unet"] == []
+    assert pipe._kv_state is None
 
 
 def test_redrag_from_cached_inversion_matches_full_call_and_runs_only_sampling(pipe):
     full = drag(pipe, output_type="np").images
     inversion = pipe.invert(tiny_image(), prompt="a cat")
     assert inversion.timesteps == (1, 101, 201, 301, 401, 501, 601)
-    assert len(inversion.kv_record) == 7 * 2
+    assert inversion.kv_bank.steps == 7 and len(inversion.kv_bank.keys) == 2
+    assert inversion.kv_bank is not pipe._kv_state.bank  # a copy: later calls overwrite the pipeline's
+    kept = inversion.kv_bank.clone()
     calls = count_unet_calls(pipe)
     again = pipe(handle_points=HANDLES, target_points=TARGETS, inversion=inversion, output_type="np").images
     assert len(calls) == 7
     np.testing.assert_array_equal(full, again)
+    # A full call on another image in between does not disturb the cached inversion.
+    drag(pipe, image=tiny_image(3))
     # The inversion is not consumed: a second, different drag works from it too.
     other = pipe(handle_points=[(5, 5)], target_points=[(9, 5)], inversion=inversion, output_type="np").images
-    assert len(inversion.kv_record) == 14 and not np.array_equal(other, again)
+    assert not np.array_equal(other, again)
+    np.testing.assert_array_equal(
+        pipe(handle_points=HANDLES, target_points=TARGETS, inversion=inversion, output_type="np").images, full
+    )
+    assert all(torch.equal(kept.keys[n], inversion.kv_bank.keys[n]) for n in kept.keys)
 
 
 def test_inversion_rejects_conflicting_arguments(pipe):
@@ -223,7 +250,6 @@ def test_processors_identical_after_call_and_after_exception_in_callback(pipe):
     with pytest.raises(RuntimeError, match="stop at step 0"):
         drag(pipe, callback_on_step_end=explode)
     assert all(processors_of(pipe)[k] is v for k, v in before.items())
-    assert live_records() == []
 
 
 def test_processors_restored_after_keyboard_interrupt_with_attention_slicing(pipe):
