@@ -64,13 +64,16 @@ def up_block_token_counts(unet, latent_size: tuple[int, int]) -> dict[int, int]:
 
 
 def kv_shapes(unet, latent_size: tuple[int, int]) -> dict[str, tuple[int, int]]:
-    """``{layer: (tokens, inner_dim)}`` of every up-block self-attention layer, for a latent size."""
+    """``{layer: (tokens, inner_dim)}`` of every up-block self-attention layer, for a latent size.
+
+    Layers are named as in ``unet.attn_processors``; only the up blocks are walked.
+    """
     tokens = up_block_token_counts(unet, latent_size)
-    modules = dict(unet.named_modules())
     shapes = {}
-    for name in up_block_self_attention_layers(unet.attn_processors):
-        attention = modules[name.removesuffix(".processor")]
-        shapes[name] = (tokens[int(name.split(".")[1])], attention.to_k.out_features)
+    for index, block in enumerate(unet.up_blocks):
+        for name, module in block.named_modules(prefix=f"up_blocks.{index}"):
+            if name.endswith(".attn1") and hasattr(module, "set_processor"):
+                shapes[f"{name}.processor"] = (tokens[index], module.to_k.out_features)
     return shapes
 
 
@@ -226,27 +229,31 @@ class FastDragAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
-def fastdrag_processors(unet, state: KVState) -> dict[str, FastDragAttnProcessor]:
-    """One FastDrag processor per up-block self-attention layer of ``unet``, sharing ``state``.
+def fastdrag_processors(layers, state: KVState) -> dict[str, FastDragAttnProcessor]:
+    """One FastDrag processor per layer name (as in ``unet.attn_processors``), sharing ``state``.
 
     Build them once and pass the same objects to every :func:`fastdrag_attention`: a compiled UNet
     guards on its processors, and new objects on every call would make it recompile.
     """
-    return {name: FastDragAttnProcessor(name, state) for name in up_block_self_attention_layers(unet.attn_processors)}
+    return {name: FastDragAttnProcessor(name, state) for name in layers}
 
 
 @contextlib.contextmanager
 def fastdrag_attention(unet, processors: dict[str, FastDragAttnProcessor]) -> Iterator[None]:
     """Install ``processors`` (from :func:`fastdrag_processors`) on their layers for the ``with`` body.
 
-    The UNet's own processors (whatever they are: SDPA, sliced, xformers) are put back on every
-    exit path: return, exception or interrupt; and the processors' state is switched off.
+    Only those layers are touched. Their own processors (whatever they are: SDPA, sliced,
+    xformers) are put back on every exit path: return, exception or interrupt; and the
+    processors' state is switched off.
     """
-    originals = unet.attn_processors
-    unet.set_attn_processor({name: processors.get(name, proc) for name, proc in originals.items()})
+    attentions = {name: unet.get_submodule(name.removesuffix(".processor")) for name in processors}
+    originals = {name: attention.processor for name, attention in attentions.items()}
     try:
+        for name, attention in attentions.items():
+            attention.set_processor(processors[name])
         yield
     finally:
-        unet.set_attn_processor(originals)
+        for name, attention in attentions.items():
+            attention.set_processor(originals[name])
         for processor in processors.values():
             processor.state.mode = OFF

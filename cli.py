@@ -116,6 +116,16 @@ def load_pipeline(model: str, unet: str | None, dtype):
         raise UsageError(f"cannot load model {unet or model!r}: {first_line(error)}") from error
 
 
+def load_on_device(args, device: str):
+    """The pipeline of ``--model``/``--unet`` on ``device`` (``"auto"``, ``"cuda"``, ...), with CUDA
+    graphs on when it is a CUDA device, unless ``--no-cuda-graphs``."""
+    device, dtype = pick_device_and_dtype(device, args.dtype)
+    pipe = load_pipeline(args.model, args.unet, dtype).to(device)
+    if device.type == "cuda" and not args.no_cuda_graphs:
+        pipe.enable_cuda_graphs()
+    return pipe
+
+
 def format_phases(times: dict[str, float]) -> str:
     """``{"text": 0.01, ...}`` -> ``"text 0.01 s, ..."`` in the pipeline's phase order."""
     from .pipeline_fastdrag import PHASES
@@ -179,9 +189,7 @@ def run_dragbench_run(args) -> None:
 
     def load(process_device):
         # Under accelerate launch each process has its own GPU: "auto" and "cuda" mean that one.
-        wanted = str(process_device) if args.device in ("auto", "cuda") else args.device
-        device, dtype = pick_device_and_dtype(wanted, args.dtype)
-        return load_pipeline(args.model, args.unet, dtype).to(device)
+        return load_on_device(args, str(process_device) if args.device in ("auto", "cuda") else args.device)
 
     summary = run_dragbench(args.data, args.out, load, dragbench_options(args), progress=not args.no_progress,
                             cpu=True if args.device == "cpu" else None)
@@ -249,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", required=True, help="DragBench folder: <category>/<sample>/meta_data.pkl, ...")
     run.add_argument("--out", required=True, help="output folder: edited images and results.jsonl")
     model_options(run)
+    cuda_graph_option(run)
     pipeline_options(run)
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -262,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     app = commands.add_parser("app", help="the drag editor in the browser (needs the [app] extra)")
     model_options(app)
+    cuda_graph_option(app)
     app.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
     app.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     app.add_argument("--share", action="store_true", help="also serve through a public Gradio link")
@@ -276,8 +286,7 @@ def run_app(args) -> None:
         raise UsageError(f"the app needs Gradio: pip install 'diffusers-fastdrag[app]' ({error})") from error
 
     def load():
-        device, dtype = pick_device_and_dtype(args.device, args.dtype)
-        return load_pipeline(args.model, args.unet, dtype).to(device)
+        return load_on_device(args, args.device)
 
     demo = build_app(PipelineHolder(load), max_side=args.max_side)
     print(f"FastDrag editor on http://{args.host}:{args.port} (the model loads on the first Run)")
@@ -291,6 +300,11 @@ def model_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub id or folder (default: {DEFAULT_MODEL})")
     sub.add_argument("--unet", help="swap in this UNet (Hub id or folder), e.g. an LCM one")
     device_options(sub)
+
+
+def cuda_graph_option(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--no-cuda-graphs", action="store_true",
+                     help="on CUDA, run eagerly instead of replaying captured CUDA graphs (pipe.enable_cuda_graphs)")
 
 
 def device_options(sub: argparse.ArgumentParser) -> None:

@@ -221,6 +221,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         self._kv_processors: dict | None = None
         self._kv_processors_key: tuple | None = None
         self._cuda_graphs: GraphCache | None = None
+        self._warned_eager = False
 
     @classmethod
     def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs) -> "StableDiffusionFastDragPipeline":
@@ -256,6 +257,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         if not torch.cuda.is_available():
             raise RuntimeError("CUDA graphs need a CUDA device, and torch.cuda.is_available() is False")
         self._cuda_graphs = GraphCache(max_graphs)
+        self._warned_eager = False
 
     def disable_cuda_graphs(self) -> None:
         """Go back to eager execution and free the captured graphs."""
@@ -444,13 +446,18 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
     # Keys/values, graphs and the denoising loops
     # ----------------------------------------------------------------------------------------
 
+    @property
+    def _unwrapped_unet(self):
+        """The UNet module itself, also when ``torch.compile`` has wrapped it."""
+        return getattr(self.unet, "_orig_mod", self.unet)
+
     def _kv_for(self, device: torch.device, latent_size: tuple[int, int], steps: int) -> tuple[KVState, dict]:
         """The pipeline's key/value state and processors, its bank sized for ``latent_size`` and ``steps``.
 
         All three are created once and kept, so a compiled UNet sees the same processor objects and
         the same bank tensors on every call; the bank is only replaced when its shape changes.
         """
-        unet = getattr(self.unet, "_orig_mod", self.unet)  # torch.compile wraps the module
+        unet = self._unwrapped_unet
         device = canonical_device(device)
         state = self._kv_state
         if state is None or state.step.device != device:
@@ -458,7 +465,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
             self._kv_processors = None
         shapes = kv_shapes(unet, latent_size)
         if self._kv_processors is None or self._kv_processors_key != tuple(shapes):
-            self._kv_processors, self._kv_processors_key = fastdrag_processors(unet, state), tuple(shapes)
+            self._kv_processors, self._kv_processors_key = fastdrag_processors(shapes, state), tuple(shapes)
         if state.bank is None or state.bank.signature != (tuple(sorted(shapes.items())), steps, device, unet.dtype):
             state.bank = None  # free the old bank before making the new one
             state.bank = KVBank(shapes, steps, device, unet.dtype)
@@ -473,7 +480,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
             return None
         offloaded = any(hasattr(model, "_hf_hook") for model in self.components.values())
         if device.type != graphs.device_type or offloaded:
-            if not getattr(self, "_warned_eager", False):
+            if not self._warned_eager:
                 why = "with model offloading" if offloaded else f"on {device.type}"
                 logger.warning(f"CUDA graphs are enabled but cannot run {why}: running eagerly.")
                 self._warned_eager = True
@@ -498,14 +505,13 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         steps: int,
         graphs: GraphCache | None,
         key: tuple,
-        keep_alive: tuple = (),
     ) -> torch.Tensor:
         """``body(**inputs)`` eagerly with a progress bar, or replayed from a graph keyed by ``key``."""
         with self.progress_bar(total=steps) as progress_bar:
             if graphs is None:
                 return body(**inputs, on_step=progress_bar.update)
             # A graph's outputs are overwritten by its next replay: hand out a copy.
-            latents = graphs.run(key, body, inputs, keep_alive)[0].clone()
+            latents = graphs.run(key, body, inputs)[0].clone()
             progress_bar.update(steps)
             return latents
 
@@ -589,8 +595,8 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         state, processors = kv if kv is not None else (None, None)
         body = functools.partial(self._inversion_loop, steps=steps, kv=state)
         inputs = {"latents": image_latents.to(self.unet.dtype), "prompt_embeds": prompt_embeds, "timesteps": timesteps}
-        key = ("inversion", self._graph_signature() if graphs else None, tuple(steps), kv is not None)
-        with fastdrag_attention(self.unet, processors) if kv is not None else contextlib.nullcontext():
+        key = ("inversion", self._graph_signature() if graphs is not None else None, tuple(steps), kv is not None)
+        with fastdrag_attention(self._unwrapped_unet, processors) if kv is not None else contextlib.nullcontext():
             return self._run_loop(body, inputs, len(steps), graphs, key)
 
     def _sample_latents(
@@ -616,8 +622,8 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         if negative_embeds is not None:
             inputs["negative_embeds"] = negative_embeds
         graphs = graphs if callback_on_step_end is None else None
-        key = ("sampling", self._graph_signature() if graphs else None, tuple(steps), kv is not None, self.guidance_scale)
-        with fastdrag_attention(self.unet, processors) if kv is not None else contextlib.nullcontext():
+        key = ("sampling", self._graph_signature() if graphs is not None else None, tuple(steps), kv is not None, self.guidance_scale)
+        with fastdrag_attention(self._unwrapped_unet, processors) if kv is not None else contextlib.nullcontext():
             return self._run_loop(body, inputs, len(steps), graphs, key)
 
     def _warp(

@@ -1,79 +1,58 @@
-"""A FastDrag edit against its floor, on full-size Stable Diffusion 1.5-shaped models.
+"""A FastDrag edit against its floor, on full-size Stable Diffusion 1.5-shaped models, per execution path.
 
 The models are built from SD 1.5's configs with random weights (nothing is downloaded): a random
 UNet costs exactly what a trained one does. ``--model`` loads real weights instead.
 
-It times, in one run:
-- a default edit (10 steps, strength 0.7: 7 inversion + 7 sampling UNet calls), phase by phase;
-- a re-drag from a cached inversion (``pipe(..., inversion=inv)``: warp, sampling, decode);
-- the floor: the same number of bare UNet calls at batch 1, one VAE encode, one VAE decode and one
-  text encode, with the stock attention processors;
-and prints edit/floor, re-drag/edit, the K/V record's size and the peak memory.
+Execution paths, each timed against its own floor:
+- ``eager``: the pipeline as it is;
+- ``graphs`` (CUDA only): ``pipe.enable_cuda_graphs()``; its floor replays the bare UNet calls
+  from one CUDA graph;
+- ``compile`` (with ``--compile``): ``torch.compile(unet, mode="reduce-overhead", fullgraph=True)``;
+  its floor calls the compiled bare UNet.
 
-    python benchmarks/bench_speed.py --resolution 256            # the CPU VM, about a minute
-    python benchmarks/bench_speed.py --device cuda --dtype float16 --repeats 5
+For each: a default edit (10 steps, strength 0.7: 7 inversion + 7 sampling UNet calls) phase by
+phase; a re-drag from a cached inversion; the floor (the same UNet calls at batch 1 with the stock
+attention processors, one VAE encode, one VAE decode with PIL post-processing, one text encode,
+run the same way); and on CUDA the host-device synchronisations of one edit. Then, each in a fresh
+process (``--first-edit``), the first edit of a new pipeline (model build excluded), and the
+DragBench runner's steady seconds per sample (``--dragbench N`` samples, default 12).
 
-Targets: edit/floor <= 1.05; re-drag <= 0.55 x edit; H100, fp16, 512^2: edit <= 0.35 s.
+    python benchmarks/bench_speed.py --resolution 256 --warmup 0            # the CPU VM, minutes
+    python benchmarks/bench_speed.py --device cuda --dtype float16 --warmup 2 --repeats 5 --compile
+
+Targets (H100, fp16, 512x512, SD 1.5 shapes, 10 steps, strength 0.7) are printed beside the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
+import json
 import platform
 import resource
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from pathlib import Path
 
 import torch
 
-from fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.cli import DTYPES, pick_device_and_dtype
-from fastdrag.pipeline_fastdrag import PHASES, synchronize
+from fastdrag.pipeline_fastdrag import PHASES, StableDiffusionFastDragPipeline, synchronize
+from fastdrag.testing import random_sd15_pipeline, write_dragbench
 
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-)
-SD15_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-    block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-)
-SD15_TEXT = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-)
-SD15_SCHEDULER = dict(
-    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-    set_alpha_to_one=False, steps_offset=1,
-)
-
-
-def random_sd15_pipeline(dtype: torch.dtype) -> StableDiffusionFastDragPipeline:
-    """SD 1.5-shaped UNet, VAE and CLIP text encoder with random weights; a byte-level tokenizer."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    from tiny_models import tiny_tokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD15_UNET)
-    vae = AutoencoderKL(**SD15_VAE)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT))
-    pipe = StableDiffusionFastDragPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(tempfile.mkdtemp(), model_max_length=77),
-        unet=unet, scheduler=DDIMScheduler(**SD15_SCHEDULER), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+# seconds, for the H100 / fp16 / 512x512 configuration of the fast-path issue
+TARGETS = {
+    "eager": {"edit / floor": 1.05},
+    "graphs": {"edit": 0.20, "re-drag": 0.10, "edit / floor": 1.05},
+    "compile": {"edit": 0.15, "re-drag": 0.08},
+    "first edit": {"eager": 2.0, "graphs": 2.0},
+    "dragbench s/sample": 0.25,
+}
 
 
 def load_pipeline(args, dtype: torch.dtype) -> StableDiffusionFastDragPipeline:
@@ -111,11 +90,15 @@ def benchmark_inputs(size: int):
     return image, mask, handles, targets
 
 
-def time_edit(pipe, inputs, args, device) -> tuple[float, dict[str, float]]:
+def edit_once(pipe, inputs, args):
     image, mask, handles, targets = inputs
+    return pipe(image, handle_points=handles, target_points=targets, mask=mask, prompt=args.prompt,
+                num_inference_steps=args.steps, inversion_strength=args.strength)
+
+
+def time_edit(pipe, inputs, args, device) -> tuple[float, dict[str, float]]:
     with pipe.timing_phases() as phases, Clock(device) as clock:
-        pipe(image, handle_points=handles, target_points=targets, mask=mask, prompt=args.prompt,
-             num_inference_steps=args.steps, inversion_strength=args.strength)
+        edit_once(pipe, inputs, args)
     return clock.seconds, dict(phases)
 
 
@@ -126,12 +109,52 @@ def time_redrag(pipe, inversion, inputs, device) -> float:
     return clock.seconds
 
 
+def count_syncs(pipe, inputs, args, device) -> int | None:
+    """Host-device synchronisations during one edit (CUDA's sync debug mode, as warnings)."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            edit_once(pipe, inputs, args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+class BareUNetCalls:
+    """The floor's UNet calls: ``calls`` bare calls at batch 1 with the stock processors; replayed
+    from one CUDA graph when ``graphed``."""
+
+    def __init__(self, pipe, latents, embeds, timesteps: list[int], graphed: bool):
+        self.pipe, self.latents, self.embeds = pipe, latents, embeds
+        self.timesteps = torch.tensor(timesteps, device=latents.device)
+        self.graph = None
+        if graphed:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self.run_eagerly()
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=stream):
+                self.run_eagerly()
+
+    def run_eagerly(self):
+        for i in range(len(self.timesteps)):
+            self.pipe.unet(self.latents, self.timesteps[i], encoder_hidden_states=self.embeds, return_dict=False)
+
+    def __call__(self):
+        self.graph.replay() if self.graph is not None else self.run_eagerly()
+
+
 @torch.no_grad()
-def time_floor(pipe, inputs, args, device) -> dict[str, float]:
+def time_floor(pipe, inputs, args, device, graphed: bool) -> dict[str, float]:
     """The unavoidable work: bare UNet calls at batch 1, VAE encode and decode, text encode."""
-    image = inputs[0]
-    calls = 2 * pipe.check_schedule(args.steps, args.strength)
-    inversion_steps, sampling_steps = pipe.timesteps_for(args.steps, calls // 2)
+    image = inputs[0].to(device)
+    steps = pipe.check_schedule(args.steps, args.strength)
+    inversion_steps, sampling_steps = pipe.timesteps_for(args.steps, steps)
     timings = {}
     with Clock(device) as clock:
         embeds = pipe.encode_prompt(args.prompt, device)
@@ -139,15 +162,82 @@ def time_floor(pipe, inputs, args, device) -> dict[str, float]:
     with Clock(device) as clock:
         latents = pipe.encode_image(image, device).to(pipe.unet.dtype)
     timings["encode"] = clock.seconds
+    unet_calls = BareUNetCalls(pipe, latents, embeds, inversion_steps + sampling_steps, graphed)
+    unet_calls()  # warm: a compiled UNet may still be building its graphs
     with Clock(device) as clock:
-        for t in inversion_steps + sampling_steps:
-            pipe.unet(latents, t, encoder_hidden_states=embeds, return_dict=False)
-    timings[f"{calls} UNet calls"] = clock.seconds
+        unet_calls()
+    timings[f"{2 * steps} UNet calls"] = clock.seconds
     with Clock(device) as clock:
         decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
         pipe.image_processor.postprocess(decoded, output_type="pil")
     timings["decode"] = clock.seconds
     return timings
+
+
+def measure_path(pipe, inputs, args, device, path: str) -> dict:
+    """Edit (with phases), re-drag, floor and synchronisations of one execution path, medians."""
+    for _ in range(args.warmup):
+        time_edit(pipe, inputs, args, device)
+    edits, phases, redrags, floors = [], [], [], []
+    inversion = pipe.invert(inputs[0], prompt=args.prompt, num_inference_steps=args.steps,
+                            inversion_strength=args.strength)
+    time_redrag(pipe, inversion, inputs, device)  # the first re-drag may capture or compile
+    for _ in range(args.repeats):
+        seconds, phase_times = time_edit(pipe, inputs, args, device)
+        edits.append(seconds)
+        phases.append(phase_times)
+        redrags.append(time_redrag(pipe, inversion, inputs, device))
+        floors.append(time_floor(pipe, inputs, args, device, graphed=path == "graphs"))
+    median = statistics.median
+    floor_parts = {name: median(f[name] for f in floors) for name in floors[0]}
+    return {
+        "edit": median(edits),
+        "phases": {p: median(t[p] for t in phases) for p in PHASES if p in phases[0]},
+        "re-drag": median(redrags),
+        "floor": sum(floor_parts.values()),
+        "floor parts": floor_parts,
+        "syncs": count_syncs(pipe, inputs, args, device),
+        "kv MiB": inversion.kv_bank.nbytes / 2**20,
+    }
+
+
+def first_edit(args) -> dict:
+    """In this (fresh) process: build the pipeline, then time its first edit and the next one."""
+    device, dtype = pick_device_and_dtype(args.device, args.dtype)
+    pipe = load_pipeline(args, dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if args.first_edit == "graphs":
+        pipe.enable_cuda_graphs()
+    inputs = benchmark_inputs(args.resolution)
+    first = time_edit(pipe, inputs, args, device)[0]
+    second = time_edit(pipe, inputs, args, device)[0]
+    return {"first": first, "second": second}
+
+
+def first_edit_in_fresh_process(path: str) -> dict:
+    """Run this script again with ``--first-edit PATH`` and read the JSON line it prints."""
+    command = [sys.executable, __file__, *sys.argv[1:], "--first-edit", path]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def dragbench_seconds(pipe, args, device) -> float:
+    """The DragBench runner's median seconds per sample after its first two, on generated samples."""
+    from fastdrag.dragbench import EditOptions, RESULTS_FILE, run_dragbench
+
+    size = args.resolution
+    samples = {
+        f"bench/{i:03d}": [[0.3 * size, 0.4 * size], [0.4 * size, 0.35 * size]] * (1 + i % 2)
+        for i in range(args.dragbench)
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        write_dragbench(Path(folder) / "data", samples, size=size)
+        options = EditOptions(num_inference_steps=args.steps, inversion_strength=args.strength)
+        run_dragbench(Path(folder) / "data", Path(folder) / "out", lambda _: pipe, options, progress=False,
+                      cpu=device.type == "cpu")
+        records = [json.loads(line) for line in (Path(folder) / "out" / RESULTS_FILE).read_text().splitlines()]
+    seconds = [r["seconds"] for r in records if r["status"] == "ok"]
+    return statistics.median(seconds[2:] or seconds)
 
 
 def peak_memory_text(device: torch.device) -> str:
@@ -166,6 +256,50 @@ def attention_backend(name: str):
     return sdpa_kernel(backend)
 
 
+def target_text(value: float, target: float | None) -> str:
+    if target is None:
+        return ""
+    return f"<= {target:g} ({'met' if value <= target else 'NOT met'})"
+
+
+def print_report(results: dict, firsts: dict, dragbench: float | None, args, device, dtype, built: float) -> None:
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    print(f"command: python {' '.join(shlex.quote(a) for a in sys.argv)}")
+    print(f"device: {name}; torch {torch.__version__}; {str(dtype).removeprefix('torch.')}; "
+          f"{args.resolution}x{args.resolution}; steps {args.steps}, strength {args.strength}; sdpa {args.sdpa}; "
+          f"{'weights ' + args.model if args.model else 'random SD 1.5-shaped weights'}; "
+          f"built in {built:.1f} s; median of {args.repeats} after {args.warmup} warm-up")
+    print("\nTargets are the fast-path issue's, for an H100 in fp16 at 512x512; elsewhere they are for reference.\n")
+    paths = list(results)
+    print("| seconds | " + " | ".join(paths) + " |")
+    print("|---|" + "---:|" * len(paths))
+    for phase in PHASES:
+        print(f"| edit: {phase} | " + " | ".join(f"{results[p]['phases'].get(phase, 0):.4f}" for p in paths) + " |")
+    for row in ("edit", "re-drag", "floor"):
+        print(f"| **{row}** | " + " | ".join(f"**{results[p][row]:.4f}**" for p in paths) + " |")
+    print("| edit / floor | " + " | ".join(f"{results[p]['edit'] / results[p]['floor']:.3f}" for p in paths) + " |")
+    print("| re-drag / edit | " + " | ".join(f"{results[p]['re-drag'] / results[p]['edit']:.3f}" for p in paths) + " |")
+    if device.type == "cuda":
+        print("| host-device syncs in one edit | " + " | ".join(str(results[p]["syncs"]) for p in paths) + " |")
+    for path in paths:
+        parts = ", ".join(f"{part} {seconds:.4f}" for part, seconds in results[path]["floor parts"].items())
+        print(f"\nfloor ({path}): {parts}")
+    print("\ntargets:")
+    for path in paths:
+        for row, target in TARGETS.get(path, {}).items():
+            value = results[path]["edit"] / results[path]["floor"] if row == "edit / floor" else results[path][row]
+            print(f"- {path} {row}: {value:.3f} {target_text(value, target)}")
+    for path, seconds in firsts.items():
+        print(f"- first edit of a fresh pipeline ({path}, model build excluded): {seconds['first']:.3f} "
+              f"{target_text(seconds['first'], TARGETS['first edit'].get(path))}; the next: {seconds['second']:.3f}")
+    if dragbench is not None:
+        print(f"- dragbench run, steady seconds per sample ({args.dragbench} samples): {dragbench:.3f} "
+              f"{target_text(dragbench, TARGETS['dragbench s/sample'])}")
+    first = next(iter(results.values()))
+    print(f"\nK/V bank: {first['kv MiB']:.1f} MiB; peak memory: {peak_memory_text(device)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
@@ -175,71 +309,49 @@ def main() -> None:
     parser.add_argument("--strength", type=float, default=0.7)
     parser.add_argument("--prompt", default="a photo")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each; the median is shown")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed edits first (kernels, allocator, compile)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (used by edit and floor)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed edits first (kernels, allocator)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(unet, mode='reduce-overhead')")
+    parser.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph path")
+    parser.add_argument("--dragbench", type=int, default=12, help="samples for the runner's seconds per sample (0: skip)")
+    parser.add_argument("--no-first-edit", action="store_true", help="skip the fresh-process first-edit timings")
+    parser.add_argument("--first-edit", choices=["eager", "graphs"], help=argparse.SUPPRESS)
     parser.add_argument("--sdpa", default="default", choices=["default", "math", "flash", "efficient", "cudnn"])
     parser.add_argument("--model", help="load real weights (Hub id or folder) instead of random SD 1.5 shapes")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads on the CPU")
     args = parser.parse_args()
 
-    device, dtype = pick_device_and_dtype(args.device, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.first_edit:
+        with attention_backend(args.sdpa):
+            print(json.dumps(first_edit(args)))
+        return
 
+    device, dtype = pick_device_and_dtype(args.device, args.dtype)
     start = time.perf_counter()
     pipe = load_pipeline(args, dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
-    if args.compile:
-        pipe.unet.compile()
     built = time.perf_counter() - start
     inputs = benchmark_inputs(args.resolution)
+    graphs = device.type == "cuda" and not args.no_graphs
 
-    edits, phases, redrags, floors, kv_bytes = [], [], [], [], 0
+    results, dragbench = {}, None
     with attention_backend(args.sdpa):
-        for _ in range(args.warmup):
-            time_edit(pipe, inputs, args, device)
-            time_floor(pipe, inputs, args, device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(args.repeats):
-            seconds, phase_times = time_edit(pipe, inputs, args, device)
-            edits.append(seconds)
-            phases.append(phase_times)
-            floors.append(time_floor(pipe, inputs, args, device))
-            inversion = pipe.invert(inputs[0], prompt=args.prompt, num_inference_steps=args.steps,
-                                    inversion_strength=args.strength)
-            kv_bytes = inversion.kv_bank.nbytes
-            redrags.append(time_redrag(pipe, inversion, inputs, device))
-            del inversion
-
-    median = statistics.median
-    edit = median(edits)
-    floor_parts = {name: median(f[name] for f in floors) for name in floors[0]}
-    floor = sum(floor_parts.values())
-    redrag = median(redrags)
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"command: python {' '.join(shlex.quote(a) for a in sys.argv)}")
-    print(f"device: {name}; torch {torch.__version__}; {str(dtype).removeprefix('torch.')}; "
-          f"{args.resolution}x{args.resolution}; steps {args.steps}, strength {args.strength}; sdpa {args.sdpa}; "
-          f"compile {args.compile}; {'weights ' + args.model if args.model else 'random SD 1.5-shaped weights'}; "
-          f"built in {built:.1f} s; median of {args.repeats} after {args.warmup} warm-up")
-    print()
-    print("| what | seconds |")
-    print("|---|---:|")
-    for phase in PHASES:
-        if phase in phases[0]:
-            print(f"| edit: {phase} | {median(p[phase] for p in phases):.3f} |")
-    print(f"| **edit, total** | **{edit:.3f}** |")
-    for part, seconds in floor_parts.items():
-        print(f"| floor: {part} | {seconds:.3f} |")
-    print(f"| **floor, total** | **{floor:.3f}** |")
-    print(f"| **re-drag (cached inversion)** | **{redrag:.3f}** |")
-    print()
-    print(f"edit / floor = {edit / floor:.3f} (target <= 1.05)")
-    print(f"re-drag / edit = {redrag / edit:.3f} (target <= 0.55)")
-    print(f"K/V record: {kv_bytes / 2**20:.1f} MiB")
-    print(f"peak memory: {peak_memory_text(device)}")
+        results["eager"] = measure_path(pipe, inputs, args, device, "eager")
+        if graphs:
+            pipe.enable_cuda_graphs()
+            results["graphs"] = measure_path(pipe, inputs, args, device, "graphs")
+        if args.dragbench:
+            dragbench = dragbench_seconds(pipe, args, device)  # graphs on CUDA, as `dragbench run` does
+        pipe.disable_cuda_graphs()
+        if args.compile:
+            pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
+            results["compile"] = measure_path(pipe, inputs, args, device, "compile")
+    firsts = {}
+    if not args.no_first_edit:
+        for path in ["eager", "graphs"] if graphs else ["eager"]:
+            firsts[path] = first_edit_in_fresh_process(path)
+    print_report(results, firsts, dragbench, args, device, dtype, built)
 
 
 if __name__ == "__main__":

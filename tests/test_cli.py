@@ -56,3 +56,32 @@ def test_edit_runs_the_pipeline_on_a_local_model(files, capsys):
     edit_line = next(line for line in printed.splitlines() if line.startswith("edit "))
     phases = [part.split()[0] for part in edit_line.split(": ", 1)[1].split(", ")]
     assert phases == ["text", "encode", "inversion", "warp", "sampling", "decode"]
+
+
+class StubPipeline:
+    """Stands in for a loaded pipeline: records the device it is moved to and whether graphs are on."""
+
+    cuda_graphs = False
+
+    def to(self, device):
+        self.device = device
+        return self
+
+    def enable_cuda_graphs(self):
+        self.cuda_graphs = True
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["app"], ["dragbench", "run", "--data", "d", "--out", "o"]],
+    ids=["app", "dragbench-run"],
+)
+def test_app_and_dragbench_run_use_cuda_graphs_on_cuda_unless_told_not_to(monkeypatch, argv):
+    from fastdrag import cli
+
+    monkeypatch.setattr(cli, "load_pipeline", lambda model, unet, dtype: StubPipeline())
+    args = cli.build_parser().parse_args(argv)
+    assert cli.load_on_device(args, "cuda").cuda_graphs
+    assert not cli.load_on_device(args, "cpu").cuda_graphs
+    args = cli.build_parser().parse_args([*argv, "--no-cuda-graphs"])
+    assert not cli.load_on_device(args, "cuda").cuda_graphs

@@ -6,7 +6,7 @@ from diffusers.configuration_utils import FrozenDict
 from PIL import Image
 
 from fastdrag import StableDiffusionFastDragPipeline, attention_processors
-from fastdrag.attention_processors import KVBank, KVState, up_block_self_attention_layers
+from fastdrag.attention_processors import KVBank, KVState, kv_shapes, up_block_self_attention_layers
 from fastdrag.warpage import image_to_latent_mask, image_to_latent_points, warp_latents
 from tiny_models import IMAGE_SIZE, tiny_components, tiny_image
 
@@ -170,6 +170,25 @@ def test_each_up_block_layer_records_once_per_step_and_replays_at_the_same_step(
             assert torch.equal(key, recorded_keys[(t, layer)]) and key_batch == batch
         else:
             assert key_batch == 1  # inversion runs on the conditional branch alone
+
+
+def test_bank_shapes_match_the_up_block_self_attention_layers(pipe):
+    assert list(kv_shapes(pipe.unet, (16, 16))) == up_block_self_attention_layers(pipe.unet.attn_processors)
+    assert set(kv_shapes(pipe.unet, (16, 16)).values()) == {(256, 16)}
+
+    from diffusers import UNet2DConditionModel
+
+    from fastdrag.testing import SD15_UNET
+
+    with torch.device("meta"):
+        sd15 = UNet2DConditionModel(**SD15_UNET)
+    shapes = kv_shapes(sd15, (64, 64))
+    assert len(shapes) == 9
+    assert sorted(set(shapes.values())) == [(256, 1280), (1024, 640), (4096, 320)]
+    # The method's figure: about 13.8 M recorded values per step at 512x512.
+    assert 2 * sum(tokens * dim for tokens, dim in shapes.values()) == 13_762_560
+    # Odd sizes round up at each downsampling, as the UNet's strided convolutions do: 33 -> 17 -> 9.
+    assert sorted({tokens for tokens, _ in kv_shapes(sd15, (33, 33)).values()}) == [81, 289, 1089]
 
 
 def test_one_bank_is_kept_and_reused_across_calls(pipe):

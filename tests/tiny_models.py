@@ -5,40 +5,18 @@ The VAE has two levels, so ``vae_scale_factor`` is 2, not 8: tests catch any lit
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from fastdrag.testing import SD15_SCHEDULER, byte_level_tokenizer, write_dragbench  # noqa: F401 - re-exported
 
 IMAGE_SIZE = 32  # pixels; the latent is 16 x 16
 
 
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2's byte-to-unicode table, the alphabet a CLIP tokenizer's vocabulary is built on."""
-    visible = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = visible[:], 0
-    for b in range(256):
-        if b not in visible:
-            chars.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in chars]
-
-
-def tiny_tokenizer(directory: str | None = None, model_max_length: int = 16) -> CLIPTokenizer:
-    """A CLIP tokenizer from a small vocab (bytes only, no merges), written to ``directory`` and loaded back."""
-    directory = directory or tempfile.mkdtemp(prefix="tiny-clip-tokenizer-")
-    alphabet = _bytes_to_unicode()
-    tokens = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]
-    with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump({token: i for i, token in enumerate(tokens)}, f)
-    with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n")
-    return CLIPTokenizer(
-        os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt"), model_max_length=model_max_length
-    )
+def tiny_tokenizer(directory: str | None = None, model_max_length: int = 16):
+    """A byte-level CLIP tokenizer with a 16-token context."""
+    return byte_level_tokenizer(model_max_length, directory)
 
 
 def tiny_text_encoder() -> CLIPTextModel:
@@ -72,10 +50,7 @@ def tiny_vae() -> AutoencoderKL:
 
 def sd_scheduler() -> DDIMScheduler:
     """Stable Diffusion 1.5's DDIM settings, as the authors' release uses them."""
-    return DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-    )
+    return DDIMScheduler(**SD15_SCHEDULER)
 
 
 def tiny_components(**overrides) -> dict:
@@ -100,25 +75,3 @@ def save_tiny_model(directory) -> str:
 
     StableDiffusionPipeline(**tiny_components()).save_pretrained(directory)
     return str(directory)
-
-
-def write_dragbench(root, samples: dict[str, list[list[list[float]]]], seed: int = 0) -> None:
-    """A DragBench-format folder: ``samples`` maps ``"<category>/<sample>"`` to its ``[x, y]``
-    points (handle, target, ...). Each image is a random 32x32 RGB; the mask is its centre."""
-    import pickle
-    from pathlib import Path
-
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for key, points in samples.items():
-        folder = Path(root) / key
-        folder.mkdir(parents=True)
-        image = rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-        Image.fromarray(image).save(folder / "original_image.png")
-        Image.fromarray(image).save(folder / "user_drag.png")
-        mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-        mask[4:28, 4:28] = 1
-        with open(folder / "meta_data.pkl", "wb") as f:
-            pickle.dump({"prompt": f"a photo of {key}", "points": points, "mask": mask}, f)
