@@ -428,7 +428,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
             return_tensors="pt",
         ).input_ids
         dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
-        return self.text_encoder(ids.to(device))[0].to(device=device, dtype=dtype)
+        return self.text_encoder(to_device(ids, device))[0].to(device=device, dtype=dtype)
 
     def encode_image(self, image: torch.Tensor, device: torch.device) -> torch.Tensor:
         """``(1, 3, H, W)`` in [0, 1] -> scaled latent mean ``(1, C, H / f, W / f)``: deterministic."""

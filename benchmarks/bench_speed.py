@@ -15,7 +15,8 @@ phase; a re-drag from a cached inversion; the floor (the same UNet calls at batc
 attention processors, one VAE encode, one VAE decode with PIL post-processing, one text encode,
 run the same way); and on CUDA the host-device synchronisations of one edit. Then, each in a fresh
 process (``--first-edit``), the first edit of a new pipeline (model build excluded), and the
-DragBench runner's steady seconds per sample (``--dragbench N`` samples, default 12).
+DragBench runner's steady seconds per sample (``--dragbench N`` samples, default 12); with
+``--vae-layouts``, VAE encode and decode in ``channels_last`` against the contiguous layout.
 
     python benchmarks/bench_speed.py --resolution 256 --warmup 0            # the CPU VM, minutes
     python benchmarks/bench_speed.py --device cuda --dtype float16 --warmup 2 --repeats 5 --compile
@@ -240,6 +241,30 @@ def dragbench_seconds(pipe, args, device) -> float:
     return statistics.median(seconds[2:] or seconds)
 
 
+@torch.no_grad()
+def vae_layouts(pipe, inputs, device, repeats: int) -> dict[str, tuple[float, float, bool]]:
+    """VAE encode and decode seconds in each memory layout, and whether the results equal the
+    contiguous layout's bits. The VAE is left contiguous afterwards."""
+    image = inputs[0].to(device)
+    results, reference = {}, None
+    for name, layout in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        pipe.vae.to(memory_format=layout)
+        times = []
+        for _ in range(repeats + 1):  # the first one picks kernels
+            with Clock(device) as encode:
+                latents = pipe.encode_image(image, device)
+            with Clock(device) as decode:
+                decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+            times.append((encode.seconds, decode.seconds))
+        outputs = (latents.contiguous(), decoded.contiguous())
+        reference = reference or outputs
+        same = all(torch.equal(a, b) for a, b in zip(outputs, reference))
+        median = statistics.median
+        results[name] = (median(t[0] for t in times[1:]), median(t[1] for t in times[1:]), same)
+    pipe.vae.to(memory_format=torch.contiguous_format)
+    return results
+
+
 def peak_memory_text(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB allocated (CUDA)"
@@ -262,7 +287,8 @@ def target_text(value: float, target: float | None) -> str:
     return f"<= {target:g} ({'met' if value <= target else 'NOT met'})"
 
 
-def print_report(results: dict, firsts: dict, dragbench: float | None, args, device, dtype, built: float) -> None:
+def print_report(results: dict, firsts: dict, dragbench: float | None, layouts: dict, args, device, dtype,
+                 built: float) -> None:
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
     print(f"command: python {' '.join(shlex.quote(a) for a in sys.argv)}")
@@ -296,6 +322,9 @@ def print_report(results: dict, firsts: dict, dragbench: float | None, args, dev
     if dragbench is not None:
         print(f"- dragbench run, steady seconds per sample ({args.dragbench} samples): {dragbench:.3f} "
               f"{target_text(dragbench, TARGETS['dragbench s/sample'])}")
+    for name, (encode, decode, same) in layouts.items():
+        print(f"- VAE in {name}: encode {encode:.4f}, decode {decode:.4f}, "
+              f"{'the same bits as' if same else 'DIFFERENT bits from'} contiguous")
     first = next(iter(results.values()))
     print(f"\nK/V bank: {first['kv MiB']:.1f} MiB; peak memory: {peak_memory_text(device)}")
 
@@ -314,6 +343,8 @@ def main() -> None:
     parser.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph path")
     parser.add_argument("--dragbench", type=int, default=12, help="samples for the runner's seconds per sample (0: skip)")
     parser.add_argument("--no-first-edit", action="store_true", help="skip the fresh-process first-edit timings")
+    parser.add_argument("--vae-layouts", action="store_true",
+                        help="also time VAE encode/decode in channels_last against contiguous, and compare bits")
     parser.add_argument("--first-edit", choices=["eager", "graphs"], help=argparse.SUPPRESS)
     parser.add_argument("--sdpa", default="default", choices=["default", "math", "flash", "efficient", "cudnn"])
     parser.add_argument("--model", help="load real weights (Hub id or folder) instead of random SD 1.5 shapes")
@@ -335,8 +366,10 @@ def main() -> None:
     inputs = benchmark_inputs(args.resolution)
     graphs = device.type == "cuda" and not args.no_graphs
 
-    results, dragbench = {}, None
+    results, dragbench, layouts = {}, None, {}
     with attention_backend(args.sdpa):
+        if args.vae_layouts:
+            layouts = vae_layouts(pipe, inputs, device, args.repeats)
         results["eager"] = measure_path(pipe, inputs, args, device, "eager")
         if graphs:
             pipe.enable_cuda_graphs()
@@ -351,7 +384,7 @@ def main() -> None:
     if not args.no_first_edit:
         for path in ["eager", "graphs"] if graphs else ["eager"]:
             firsts[path] = first_edit_in_fresh_process(path)
-    print_report(results, firsts, dragbench, args, device, dtype, built)
+    print_report(results, firsts, dragbench, layouts, args, device, dtype, built)
 
 
 if __name__ == "__main__":

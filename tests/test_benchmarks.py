@@ -12,7 +12,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_speed.py"
 def test_bench_speed_prints_its_table(tmp_path):
     model = save_tiny_model(tmp_path / "model")
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--model", model, "--resolution", "32", "--warmup", "0", "--dragbench", "3"],
+        [sys.executable, str(BENCH), "--model", model, "--resolution", "32", "--warmup", "0", "--dragbench", "3", "--vae-layouts"],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -21,3 +21,4 @@ def test_bench_speed_prints_its_table(tmp_path):
         assert row in out
     assert "first edit of a fresh pipeline (eager, model build excluded)" in out
     assert "dragbench run, steady seconds per sample (3 samples)" in out
+    assert "- VAE in channels_last: encode" in out
