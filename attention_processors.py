@@ -95,11 +95,17 @@ class KVBank:
             torch._dynamo.mark_static_address(tensor)
 
     @property
-    def signature(self) -> tuple:
-        """What two banks must share for one to be copied into the other."""
-        first = next(iter(self.keys.values()), None)
-        device, dtype = (first.device, first.dtype) if first is not None else (None, None)
-        return (tuple(sorted(self.shapes.items())), self.steps, device, dtype)
+    def layout(self) -> tuple:
+        """What two banks must share for one to be copied into the other: layers, shapes, steps, dtype."""
+        return (tuple(sorted(self.shapes.items())), self.steps, self.dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.keys.values())).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.keys.values())).dtype
 
     @property
     def nbytes(self) -> int:
@@ -107,8 +113,8 @@ class KVBank:
 
     def copy_(self, other: "KVBank") -> "KVBank":
         """Overwrite this bank with ``other``'s contents, in place."""
-        if other.signature != self.signature:
-            raise ValueError("the two key/value banks differ in layers, steps, device or dtype")
+        if other.layout != self.layout:
+            raise ValueError("the two key/value banks differ in layers, shapes, steps or dtype")
         for name in self.keys:
             self.keys[name].copy_(other.keys[name])
             self.values[name].copy_(other.values[name])
@@ -116,8 +122,7 @@ class KVBank:
 
     def clone(self) -> "KVBank":
         """A new bank holding a copy of this one's contents."""
-        first = next(iter(self.keys.values()))
-        return KVBank(self.shapes, self.steps, first.device, first.dtype).copy_(self)
+        return KVBank(self.shapes, self.steps, self.device, self.dtype).copy_(self)
 
 
 class KVState:

@@ -466,7 +466,8 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         shapes = kv_shapes(unet, latent_size)
         if self._kv_processors is None or self._kv_processors_key != tuple(shapes):
             self._kv_processors, self._kv_processors_key = fastdrag_processors(shapes, state), tuple(shapes)
-        if state.bank is None or state.bank.signature != (tuple(sorted(shapes.items())), steps, device, unet.dtype):
+        layout = (tuple(sorted(shapes.items())), steps, unet.dtype)
+        if state.bank is None or state.bank.layout != layout or state.bank.device != device:
             state.bank = None  # free the old bank before making the new one
             state.bank = KVBank(shapes, steps, device, unet.dtype)
             if self._cuda_graphs is not None:
