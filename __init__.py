@@ -1,27 +1,28 @@
 """diffusers-fastdrag: FastDrag one-step drag editing as a Diffusers pipeline.
 
-``warpage`` is light (torch only); the pipeline pulls in Diffusers and is imported on first use.
+Everything is imported on first use, so ``import fastdrag`` is cheap; the pipeline pulls in
+Diffusers.
 """
 
 # Absolute imports: pytest imports this file on its own when the checkout's folder name is not a
 # Python identifier, and a relative import would fail there.
 import importlib
 
-from fastdrag.warpage import image_to_latent_mask, image_to_latent_points, preview_drag, warp_latents
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "StableDiffusionFastDragPipeline",
-    "FastDragInversion",
-    "image_to_latent_mask",
-    "image_to_latent_points",
-    "preview_drag",
-    "warp_latents",
-]
+_EXPORTS = {
+    "StableDiffusionFastDragPipeline": "fastdrag.pipeline_fastdrag",
+    "FastDragInversion": "fastdrag.pipeline_fastdrag",
+    "image_to_latent_mask": "fastdrag.inputs",
+    "image_to_latent_points": "fastdrag.inputs",
+    "preview_drag": "fastdrag.frontend",
+    "warp_latents": "fastdrag.warpage",
+}
+
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name in ("StableDiffusionFastDragPipeline", "FastDragInversion"):
-        return getattr(importlib.import_module("fastdrag.pipeline_fastdrag"), name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,13 +23,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .cli import draw_arrows, first_line, format_phases
-from .warpage import preview_drag
+from .frontend import draw_arrows, first_line, format_phases, preview_drag
+from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, to_rgb
+from .warpage import DEFAULT_FILL, FILL_MODES
 
 DEFAULT_MAX_SIDE = 512
 DEFAULT_FACTOR = 8
 VIEW_SIDE = 512  # smaller images are shown enlarged by an integer factor up to this
-ADVANCED_DEFAULTS = {"prompt": "", "steps": 10, "strength": 0.7, "fill": "bnni", "consistency": True}
+ADVANCED_DEFAULTS = {"prompt": "", "steps": DEFAULT_STEPS, "strength": DEFAULT_STRENGTH, "fill": DEFAULT_FILL,
+                     "consistency": True}
 
 
 class AppError(Exception):
@@ -46,16 +48,6 @@ def fit_size(width: int, height: int, max_side: int, factor: int) -> tuple[int, 
     side then rounded down to a multiple of ``factor`` (at least ``factor``)."""
     scale = min(1.0, max_side / max(width, height))
     return (max(factor, int(width * scale) // factor * factor), max(factor, int(height * scale) // factor * factor))
-
-
-def to_rgb(array: np.ndarray) -> Image.Image:
-    """An ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` uint8 array -> RGB, transparency over white."""
-    image = Image.fromarray(np.asarray(array, dtype=np.uint8))
-    if image.mode in ("RGBA", "LA"):
-        flat = Image.new("RGB", image.size, (255, 255, 255))
-        flat.paste(image, mask=image.getchannel("A"))
-        return flat
-    return image.convert("RGB")
 
 
 def painted_mask(layers: list, size: tuple[int, int]) -> np.ndarray | None:
@@ -163,7 +155,7 @@ def load_editor_value(session: Session, value: Any, max_side: int, factor: int) 
     background = editor_background(value)
     if background is None:
         return session
-    original = to_rgb(background)
+    original = to_rgb(Image.fromarray(np.asarray(background, dtype=np.uint8)))
     size = fit_size(*original.size, max_side, factor)
     image = np.asarray(original.resize(size, Image.LANCZOS) if size != original.size else original)
     layers = value.get("layers", []) if isinstance(value, dict) else []
@@ -336,7 +328,7 @@ def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE):
             prompt = gr.Textbox(label="Prompt", value=ADVANCED_DEFAULTS["prompt"])
             steps = gr.Slider(2, 50, value=ADVANCED_DEFAULTS["steps"], step=1, label="Steps")
             strength = gr.Slider(0.05, 1.0, value=ADVANCED_DEFAULTS["strength"], step=0.05, label="Inversion strength")
-            fill = gr.Dropdown(["bnni", "original", "zeros", "noise"], value=ADVANCED_DEFAULTS["fill"], label="Fill")
+            fill = gr.Dropdown(list(FILL_MODES), value=ADVANCED_DEFAULTS["fill"], label="Fill")
             consistency = gr.Checkbox(value=ADVANCED_DEFAULTS["consistency"], label="Consistency (replay keys/values)")
         status = gr.Markdown("", elem_id="status")
         with gr.Row():

@@ -7,6 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+from .frontend import draw_arrows, first_line, format_phases, preview_drag
+from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH
+from .warpage import DEFAULT_FILL, FILL_MODES
+
 EXAMPLES = """examples:
   fastdrag preview cat.png --drag 250,180:290,160 --mask cat_mask.png --arrows -o preview.png
   fastdrag edit cat.png --drag 250,180:290,160 --mask cat_mask.png --prompt "a cat" -o edited.png
@@ -36,45 +40,23 @@ def parse_drag(text: str) -> tuple[tuple[float, float], tuple[float, float]]:
     return (hx, hy), (tx, ty)
 
 
-def open_image(path: str, mode: str):
+def open_image(path: str):
+    """The image file at ``path``, loaded as it is: the pipeline reads every mode by value."""
     from PIL import Image, UnidentifiedImageError
 
     if not Path(path).is_file():
         raise UsageError(f"no such file: {path}")
     try:
-        return Image.open(path).convert(mode)
+        image = Image.open(path)
+        image.load()
+        return image
     except (UnidentifiedImageError, OSError) as error:
         raise UsageError(f"cannot read image {path}: {error}") from error
 
 
-def draw_arrows(image, drags, pending: tuple[float, float] | None = None):
-    """Red handle, blue target, a white line between, numbered from 1; ``pending`` is a handle
-    still waiting for its target. Points are image pixels ``(x, y)``."""
-    from PIL import ImageDraw
-
-    image = image.copy()
-    draw = ImageDraw.Draw(image)
-    radius = max(2, min(image.size) // 100)
-
-    def dot(x, y, colour):
-        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
-
-    for number, ((hx, hy), (tx, ty)) in enumerate(drags, start=1):
-        draw.line([(hx, hy), (tx, ty)], fill=(255, 255, 255), width=max(1, radius // 2))
-        dot(hx, hy, (230, 40, 40))
-        dot(tx, ty, (40, 90, 230))
-        draw.text((hx + radius + 1, hy + radius + 1), str(number), fill=(255, 255, 255))
-    if pending is not None:
-        dot(*pending, (230, 40, 40))
-        draw.text((pending[0] + radius + 1, pending[1] + radius + 1), str(len(drags) + 1), fill=(255, 255, 255))
-    return image
-
-
 def run_preview(args) -> None:
-    from .warpage import preview_drag
-
-    image = open_image(args.image, "RGB")
-    mask = open_image(args.mask, "L") if args.mask else None
+    image = open_image(args.image)
+    mask = open_image(args.mask) if args.mask else None
     handles, targets = [d[0] for d in args.drag], [d[1] for d in args.drag]
     try:
         out = preview_drag(image, mask, handles, targets)
@@ -94,11 +76,6 @@ def pick_device_and_dtype(device: str, dtype: str):
     if dtype == "auto":
         dtype = "float16" if device.startswith("cuda") else "float32"
     return torch.device(device), getattr(torch, dtype)
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def load_pipeline(model: str, unet: str | None, dtype):
@@ -126,18 +103,11 @@ def load_on_device(args, device: str):
     return pipe
 
 
-def format_phases(times: dict[str, float]) -> str:
-    """``{"text": 0.01, ...}`` -> ``"text 0.01 s, ..."`` in the pipeline's phase order."""
-    from .pipeline_fastdrag import PHASES
-
-    return ", ".join(f"{phase} {times[phase]:.2f} s" for phase in PHASES if phase in times)
-
-
 def run_edit(args) -> None:
     import torch
 
-    image = open_image(args.image, "RGB")
-    mask = open_image(args.mask, "L") if args.mask else None
+    image = open_image(args.image)
+    mask = open_image(args.mask) if args.mask else None
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
     start = time.perf_counter()
     pipe = load_pipeline(args.model, args.unet, dtype).to(device)
@@ -313,10 +283,11 @@ def device_options(sub: argparse.ArgumentParser) -> None:
 
 
 def pipeline_options(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--steps", type=int, default=10, help="num_inference_steps (default 10)")
-    sub.add_argument("--strength", type=float, default=0.7, help="inversion_strength (default 0.7)")
-    sub.add_argument("--fill", default="bnni", choices=["bnni", "original", "zeros", "noise"],
-                     help="how null pixels are filled (default bnni)")
+    sub.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"num_inference_steps (default {DEFAULT_STEPS})")
+    sub.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
+                     help=f"inversion_strength (default {DEFAULT_STRENGTH})")
+    sub.add_argument("--fill", default=DEFAULT_FILL, choices=FILL_MODES,
+                     help=f"how null pixels are filled (default {DEFAULT_FILL})")
     sub.add_argument("--no-consistency", action="store_true", help="do not replay the recorded keys/values")
     sub.add_argument("--seed", type=int, help="seed for --fill noise (unused by the default fill)")
 

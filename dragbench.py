@@ -25,6 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH
+from .warpage import DEFAULT_FILL
+
 RESULTS_FILE = "results.jsonl"
 EDITED_FILE = "dragged_image.png"
 SAMPLE_FILES = ("original_image.png", "meta_data.pkl")
@@ -75,14 +78,19 @@ def split_points(points: Iterable) -> tuple[list[tuple[float, float]], list[tupl
 
 
 def load_sample(sample: Sample) -> SampleData:
+    """Read a sample. The image is returned as stored (the pipeline reads any mode by value)."""
     from PIL import Image
 
     with open(sample.folder / "meta_data.pkl", "rb") as f:
         meta = pickle.load(f)
     handles, targets = split_points(meta["points"])
-    image = Image.open(sample.folder / "original_image.png").convert("RGB")
+    prompt = meta.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise ValueError(f"`prompt` in meta_data.pkl must be a string, got {type(prompt).__name__}")
+    image = Image.open(sample.folder / "original_image.png")
+    image.load()
     mask = np.asarray(meta["mask"]) != 0
-    return SampleData(image=image, prompt=str(meta.get("prompt", "")), handles=handles, targets=targets, mask=mask)
+    return SampleData(image=image, prompt=prompt or "", handles=handles, targets=targets, mask=mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,11 +144,10 @@ def save_atomically(image, path: Path) -> None:
 class EditOptions:
     """Pipeline arguments shared by every sample (the prompt comes from the sample)."""
 
-    num_inference_steps: int = 10
-    inversion_strength: float = 0.7
-    fill: str = "bnni"
+    num_inference_steps: int = DEFAULT_STEPS
+    inversion_strength: float = DEFAULT_STRENGTH
+    fill: str = DEFAULT_FILL
     preserve_consistency: bool = True
-    guidance_scale: float = 1.0
     seed: int | None = None
 
 
@@ -160,7 +167,6 @@ def edit_sample(pipe, data: SampleData, options: EditOptions) -> tuple[Any, dict
             inversion_strength=options.inversion_strength,
             fill=options.fill,
             preserve_consistency=options.preserve_consistency,
-            guidance_scale=options.guidance_scale,
             generator=generator,
         ).images[0]
     return image, dict(times)

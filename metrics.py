@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .dragbench import find_samples, is_done, load_sample, read_results
+from .inputs import image_to_tensor
 
 DIFT_MODEL = "stabilityai/stable-diffusion-2-1"
 LPIPS_SIZE = 224
@@ -143,9 +144,8 @@ def point_distances(source: torch.Tensor, edited: torch.Tensor, handles_xy, targ
 
 
 def pil_to_signed(image) -> torch.Tensor:
-    """PIL RGB -> ``(1, 3, H, W)`` float in [-1, 1]."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)[None]
+    """A PIL image (any mode, read by value as the pipeline reads it) -> ``(1, 3, H, W)`` float in [-1, 1]."""
+    return image_to_tensor(image) * 2 - 1
 
 
 def load_lpips(device: str | torch.device = "cpu") -> ImageDistance:
@@ -194,7 +194,7 @@ def score_sample(sample, record: dict, results: Path, featurizer: Featurizer, di
     from PIL import Image
 
     data = load_sample(sample)
-    edited = Image.open(results / record["image"]).convert("RGB")
+    edited = Image.open(results / record["image"])
     if edited.size != data.image.size:
         edited = edited.resize(data.image.size, Image.BILINEAR)
     size = (data.image.height, data.image.width)

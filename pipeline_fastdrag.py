@@ -5,7 +5,8 @@ relocation, BNNI), then sample it back while the up blocks' self-attention repla
 values recorded during inversion. See ``docs/method.md``.
 
 Loadable as a package (``from fastdrag import StableDiffusionFastDragPipeline``), as a local
-``custom_pipeline`` file, or from a Hub repo whose entry file is ``pipeline.py``.
+``custom_pipeline`` file, or from a Hub repo whose entry file is ``pipeline.py``. This file imports
+each sibling module it uses directly, as Diffusers' local loading copies only those.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import math
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -34,17 +33,23 @@ from diffusers.utils import logging, replace_example_docstring
 
 from .attention_processors import RECORD, REPLAY, KVBank, KVState, fastdrag_attention, fastdrag_processors, kv_shapes
 from .cuda_graphs import DEFAULT_MAX_GRAPHS, GraphCache
-from .warpage import (
-    FILL_MODES,
-    as_points,
-    check_points,
+from .inputs import (
+    DEFAULT_STEPS,
+    DEFAULT_STRENGTH,
+    check_drag_points,
+    check_image,
+    check_real,
+    check_schedule,
+    check_text,
+    image_fingerprint,
+    image_size,
     image_to_latent_mask,
     image_to_latent_points,
     image_to_tensor,
     mask_to_tensor,
-    warp_constants,
-    warp_latents,
 )
+from .timing import PhaseClock
+from .warpage import DEFAULT_FILL, FILL_MODES, warp_constants, warp_latents
 
 logger = logging.get_logger(__name__)
 
@@ -56,10 +61,10 @@ EXAMPLE_DOC_STRING = """
         >>> from fastdrag import StableDiffusionFastDragPipeline
 
         >>> pipe = StableDiffusionFastDragPipeline.from_pretrained(
-        ...     "stable-diffusion-v1-5/stable-diffusion-v1-5", torch_dtype=torch.float16
+        ...     "stable-diffusion-v1-5/stable-diffusion-v1-5", dtype=torch.float16
         ... ).to("cuda")
-        >>> image = Image.open("cat.png").convert("RGB")  # 512x512
-        >>> mask = Image.open("cat_mask.png")  # white = may move
+        >>> image = Image.open("cat.png")  # 512x512
+        >>> mask = Image.open("cat_mask.png")  # white (or painted alpha) = may move
         >>> out = pipe(image, handle_points=[(250, 180)], target_points=[(290, 160)], mask=mask, prompt="a cat")
         >>> out.images[0].save("cat_dragged.png")
 
@@ -69,8 +74,9 @@ EXAMPLE_DOC_STRING = """
         ```
 """
 
-DEFAULT_STEPS = 10
-DEFAULT_STRENGTH = 0.7
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# Far beyond any useful value; larger ones overflow half precision into NaN.
+MAX_GUIDANCE_SCALE = 100.0
 
 
 @dataclass
@@ -87,6 +93,9 @@ class FastDragInversion:
         prompt: the prompt text.
         image_size: ``(height, width)`` of the image, in pixels.
         num_inference_steps, inversion_strength: the schedule it was made with.
+        image_fingerprint: a digest of the image's values (see ``inputs.image_fingerprint``).
+        made_by: the weights that made it, per component (see :func:`weights_fingerprint`).
+        dtype: the UNet's dtype when it was made.
     """
 
     latents: torch.Tensor
@@ -98,17 +107,17 @@ class FastDragInversion:
     image_size: tuple[int, int]
     num_inference_steps: int
     inversion_strength: float
+    image_fingerprint: str
+    made_by: dict[str, int | None]
+    dtype: torch.dtype
 
 
-PHASES = ("text", "encode", "inversion", "warp", "sampling", "decode")
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work, so that a host clock measures it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+def weights_fingerprint(model: torch.nn.Module | None) -> int | None:
+    """Which weights ``model`` holds in this process: its parameter objects and how often each was
+    changed in place. Moving between devices keeps it; new or updated weights change it."""
+    if model is None:
+        return None
+    return hash(tuple((id(parameter), parameter._version) for parameter in model.parameters()))
 
 
 def canonical_device(device: torch.device | str) -> torch.device:
@@ -214,7 +223,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         self._interrupt = False
         self._guidance_scale = 1.0
         self._num_timesteps = 0
-        self._phase_times: dict[str, float] | None = None
+        self._clock = PhaseClock()
         # Created on first use and kept: a compiled UNet and captured graphs rely on the same
         # processor objects and the same key/value bank being there on every call.
         self._kv_state: KVState | None = None
@@ -279,8 +288,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
     def interrupt(self) -> bool:
         return self._interrupt
 
-    @contextlib.contextmanager
-    def timing_phases(self) -> Iterator[dict[str, float]]:
+    def timing_phases(self) -> contextlib.AbstractContextManager[dict[str, float]]:
         """Time the phases of the calls made inside: ``with pipe.timing_phases() as times: pipe(...)``.
 
         ``times`` maps each phase that ran (``"text"``, ``"encode"``, ``"inversion"``, ``"warp"``,
@@ -288,80 +296,70 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         The device is synchronised at each phase boundary, never inside the denoising loops, so
         only while timing do the phases lose their overlap.
         """
-        times: dict[str, float] = {}
-        self._phase_times = times
-        try:
-            yield times
-        finally:
-            self._phase_times = None
+        return self._clock.collect()
 
-    @contextlib.contextmanager
-    def _phase(self, name: str) -> Iterator[None]:
-        times = getattr(self, "_phase_times", None)
-        if times is None:
-            yield
-            return
-        device = self._execution_device
-        synchronize(device)
-        start = time.perf_counter()
-        yield
-        synchronize(device)
-        times[name] = times.get(name, 0.0) + time.perf_counter() - start
+    def _phase(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return self._clock.phase(name, self._execution_device)
 
     # ----------------------------------------------------------------------------------------
     # Inputs
     # ----------------------------------------------------------------------------------------
 
-    def image_to_tensor(self, image) -> torch.Tensor:
-        """Any accepted image (see :func:`warpage.image_to_tensor`) -> ``(1, 3, H, W)`` in [0, 1],
-        with H and W checked to be multiples of ``vae_scale_factor``."""
-        tensor = image_to_tensor(image)
-        height, width = tensor.shape[-2:]
+    def check_image(self, image) -> tuple[int, int]:
+        """Check ``image`` (see ``inputs.check_image``) and that its sides are multiples of
+        ``vae_scale_factor``; return its ``(height, width)``."""
+        height, width = check_image(image)
         factor = self.vae_scale_factor
         if height % factor or width % factor:
             raise ValueError(
                 f"`image` height and width must be multiples of the VAE scale factor {factor}, got {height}x{width}; "
                 f"resize or crop it first (for example to {height // factor * factor}x{width // factor * factor})"
             )
-        return tensor
-
-    def check_schedule(self, num_inference_steps: int, inversion_strength: float) -> int:
-        """Validate the schedule; return the number of inversion (and sampling) steps."""
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}")
-        if not isinstance(inversion_strength, (int, float)) or not 0 < inversion_strength <= 1:
-            raise ValueError(f"`inversion_strength` must be in (0, 1], got {inversion_strength!r}")
-        steps = round(inversion_strength * num_inference_steps)
-        if steps < 1:
-            raise ValueError(
-                f"`inversion_strength` * `num_inference_steps` = {inversion_strength} * {num_inference_steps} "
-                "rounds to 0 steps; raise either"
-            )
-        return steps
+        return height, width
 
     def check_inputs(
         self,
-        image_size: tuple[int, int],
+        image,
         handle_points,
         target_points,
-        guidance_scale: float,
-        fill: str,
-        output_type: str,
+        mask,
+        prompt,
+        negative_prompt,
+        num_inference_steps,
+        inversion_strength,
+        guidance_scale,
+        fill,
+        preserve_consistency,
+        inversion,
         generator,
-        callback_on_step_end_tensor_inputs: list[str] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate what the schedule and image checks do not; return the drags as ``(K, 2)`` image ``(x, y)``."""
-        handles = as_points(handle_points, "handle_points")
-        targets = as_points(target_points, "target_points")
-        check_points(handles, targets, image_size, names=("handle_points", "target_points"), order="xy")
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
-            raise ValueError(f"`guidance_scale` must be a finite number, got {guidance_scale!r}")
+        output_type,
+        callback_on_step_end_tensor_inputs,
+    ) -> None:
+        """Raise ``ValueError`` or ``TypeError`` on anything a caller can get wrong, before any model runs."""
+        if image is None and inversion is None:
+            raise ValueError("`image` is required unless `inversion` (from `pipe.invert`) is given")
+        if inversion is not None:
+            self.check_inversion(inversion, image, prompt, num_inference_steps, inversion_strength, preserve_consistency)
+            size = inversion.image_size
+        else:
+            size = self.check_image(image)
+        check_text(prompt, "prompt")
+        check_text(negative_prompt, "negative_prompt")
+        self.check_schedule(
+            DEFAULT_STEPS if num_inference_steps is None else num_inference_steps,
+            DEFAULT_STRENGTH if inversion_strength is None else inversion_strength,
+        )
+        check_drag_points(handle_points, target_points, size)
+        mask_to_tensor(mask, size)
+        check_real(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE_SCALE)
         if fill not in FILL_MODES:
             raise ValueError(f"`fill` must be one of {FILL_MODES}, got {fill!r}")
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', 'latent', got {output_type!r}")
+        if not isinstance(preserve_consistency, (bool, np.bool_)):
+            raise TypeError(f"`preserve_consistency` must be a bool, got {type(preserve_consistency).__name__}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if callback_on_step_end_tensor_inputs is not None and not all(
             k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
         ):
@@ -369,21 +367,30 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
                 f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, "
                 f"got {callback_on_step_end_tensor_inputs}"
             )
-        return handles, targets
 
-    def check_inversion(
-        self,
-        inversion: FastDragInversion,
-        image_size: tuple[int, int] | None,
-        prompt: str | None,
-        num_inference_steps: int | None,
-        inversion_strength: float | None,
-        preserve_consistency: bool,
-    ) -> None:
+    def check_schedule(self, num_inference_steps, inversion_strength) -> int:
+        """Validate the schedule against the schedulers; return the number of inversion steps.
+
+        Raises ``ValueError`` unless sampling visits exactly the inversion's timesteps in reverse:
+        otherwise no recorded key/value would be replayed and the zero-noise round trip breaks.
+        """
+        steps = check_schedule(num_inference_steps, inversion_strength, self.scheduler.config.num_train_timesteps)
+        self.timesteps_for(int(num_inference_steps), steps)
+        return steps
+
+    def check_inversion(self, inversion, image, prompt, num_inference_steps, inversion_strength, preserve_consistency):
+        """``inversion`` must come from :meth:`invert` of this pipeline's models and agree with the call."""
         if not isinstance(inversion, FastDragInversion):
             raise TypeError(f"`inversion` must come from `pipe.invert(...)`, got {type(inversion).__name__}")
-        if image_size is not None and tuple(image_size) != tuple(inversion.image_size):
-            raise ValueError(f"`image` is {image_size}, but `inversion` was made from a {inversion.image_size} image")
+        if image is not None:
+            size = self.check_image(image)
+            if size != tuple(inversion.image_size):
+                raise ValueError(f"`image` is {size}, but `inversion` was made from a {inversion.image_size} image")
+            if image_fingerprint(image_to_tensor(image)) != inversion.image_fingerprint:
+                raise ValueError(
+                    "`image` differs from the image `inversion` was made from: leave `image` out to drag the "
+                    "inverted image, or invert the new one with `pipe.invert`"
+                )
         for name, given, own in (
             ("prompt", prompt, inversion.prompt),
             ("num_inference_steps", num_inference_steps, inversion.num_inference_steps),
@@ -396,12 +403,25 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
                 "`inversion` holds no keys/values (made with preserve_consistency=False); "
                 "invert again with preserve_consistency=True, or pass preserve_consistency=False"
             )
+        for name, fingerprint in self._weights_fingerprints().items():
+            if inversion.made_by.get(name) != fingerprint:
+                raise ValueError(
+                    f"`inversion` was made by another {name} (or its weights changed since): "
+                    "invert the image again with this pipeline"
+                )
+        if inversion.dtype != self.unet.dtype:
+            raise ValueError(
+                f"`inversion` was made in {inversion.dtype}, but the UNet now runs in {self.unet.dtype}: "
+                "invert the image again, or move the pipeline back to that dtype"
+            )
+
+    def _weights_fingerprints(self) -> dict[str, int | None]:
+        return {name: weights_fingerprint(getattr(self, name, None)) for name in ("unet", "vae", "text_encoder")}
 
     def timesteps_for(self, num_inference_steps: int, steps: int) -> tuple[list[int], list[int]]:
         """Inversion timesteps (ascending) and sampling timesteps (descending), as host ints.
 
-        Raises ``ValueError`` unless sampling visits exactly the inversion's timesteps in reverse:
-        otherwise no recorded key/value would be replayed and the zero-noise round trip breaks.
+        Raises ``ValueError`` unless sampling visits exactly the inversion's timesteps in reverse.
         """
         self.scheduler.set_timesteps(num_inference_steps)
         self.inverse_scheduler.set_timesteps(num_inference_steps)
@@ -413,6 +433,26 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
                 "disagree (steps_offset, timestep_spacing?). Rebuild one from the other's config."
             )
         return inversion, sampling
+
+    def latent_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """``(height, width)`` of the latent of an image of ``size = (height, width)`` pixels."""
+        return size[0] // self.vae_scale_factor, size[1] // self.vae_scale_factor
+
+    def preprocess(
+        self, image, mask, handle_points, target_points, size: tuple[int, int], device: torch.device
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Checked inputs -> ``(pixels, latent_mask, handles, targets)`` on ``device``.
+
+        ``pixels``: ``(1, 3, H, W)`` in [0, 1], or None without ``image``; ``latent_mask``: the
+        max-pooled ``(h, w)`` bool mask; ``handles``, ``targets``: ``(K, 2)`` latent ``(row, col)``.
+        The host sends everything now, before the first kernel, so later no copy waits on the queue.
+        """
+        factor = self.vae_scale_factor
+        pixels = to_device(image_to_tensor(image), device) if image is not None else None
+        latent_mask = image_to_latent_mask(to_device(mask_to_tensor(mask, size), device), factor)
+        handles = to_device(image_to_latent_points(handle_points, factor), device)
+        targets = to_device(image_to_latent_points(target_points, factor), device)
+        return pixels, latent_mask, handles, targets
 
     # ----------------------------------------------------------------------------------------
     # Models
@@ -575,13 +615,28 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
                 callback_kwargs = {"latents": latents, "prompt_embeds": prompt_embeds}
                 callback_kwargs = {k: callback_kwargs[k] for k in callback_on_step_end_tensor_inputs}
                 callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                latents = callback_outputs.pop("latents", latents)
+                latents = self._checked_callback_latents(callback_outputs.pop("latents", latents), latents)
                 if "prompt_embeds" in callback_outputs:
                     prompt_embeds = callback_outputs.pop("prompt_embeds")
                     embeds = torch.cat([negative_embeds, prompt_embeds]) if guided else prompt_embeds
             if on_step is not None:
                 on_step()
         return latents
+
+    @staticmethod
+    def _checked_callback_latents(new, latents: torch.Tensor) -> torch.Tensor:
+        """Latents a callback returned must be a tensor like the ones it was given."""
+        if not isinstance(new, torch.Tensor) or (new.shape, new.dtype, new.device) != (
+            latents.shape, latents.dtype, latents.device
+        ):
+            described = f"of shape {tuple(new.shape)}, {new.dtype} on {new.device}" if isinstance(new, torch.Tensor) else (
+                f"of type {type(new).__name__}"
+            )
+            raise ValueError(
+                f"`callback_on_step_end` returned `latents` {described}; expected shape {tuple(latents.shape)}, "
+                f"{latents.dtype} on {latents.device}"
+            )
+        return new
 
     def _invert_latents(
         self,
@@ -664,11 +719,31 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
             latents = self._invert_latents(image_latents, prompt_embeds, timesteps, steps, kv, graphs)
         return image_latents, latents
 
+    def _load_inversion(self, inversion: FastDragInversion, kv: tuple[KVState, dict] | None, device) -> torch.Tensor:
+        """A cached inversion's latent on ``device``, its keys/values copied into the bank."""
+        if kv is not None:
+            kv[0].bank.copy_(inversion.kv_bank)
+        return inversion.latents.to(device)
+
+    def _prompt_embeddings(
+        self, prompt: str, negative_prompt: str | None, inversion: FastDragInversion | None, device
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The prompt's embedding (a cached inversion's own), and the negative one under guidance."""
+        prompt_embeds = inversion.prompt_embeds.to(device) if inversion is not None else None
+        negative_embeds = None
+        if prompt_embeds is None or self.do_classifier_free_guidance:
+            with self._phase("text"):
+                if prompt_embeds is None:
+                    prompt_embeds = self.encode_prompt(prompt, device)
+                if self.do_classifier_free_guidance:
+                    negative_embeds = self.encode_prompt(negative_prompt or "", device)
+        return prompt_embeds, negative_embeds
+
     @torch.no_grad()
     def invert(
         self,
         image,
-        prompt: str = "",
+        prompt: str | None = "",
         num_inference_steps: int = DEFAULT_STEPS,
         inversion_strength: float = DEFAULT_STRENGTH,
         preserve_consistency: bool = True,
@@ -676,17 +751,20 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         """Encode and DDIM-invert ``image`` once, recording the self-attention keys/values.
 
         Pass the result as ``inversion=`` to the pipeline call to drag the same image again and
-        again: each drag then costs only the warp and the sampling half.
+        again: each drag then costs only the warp and the sampling half. It belongs to this
+        pipeline's weights and dtype: a call that would mix it with others raises.
         """
-        pixels = self.image_to_tensor(image)
+        size = self.check_image(image)
+        check_text(prompt, "prompt")
         steps = self.check_schedule(num_inference_steps, inversion_strength)
-        if not isinstance(prompt, str):
-            raise TypeError(f"`prompt` must be a str, got {type(prompt).__name__}")
+        prompt, num_inference_steps = prompt or "", int(num_inference_steps)
         inversion_steps, _ = self.timesteps_for(num_inference_steps, steps)
 
         device = self._execution_device
+        pixels = image_to_tensor(image)
+        fingerprint = image_fingerprint(pixels)
         pixels, timesteps = to_device(pixels, device), to_device(torch.tensor(inversion_steps), device)
-        kv = self._kv_for(device, self.latent_size(pixels.shape[-2:]), steps) if preserve_consistency else None
+        kv = self._kv_for(device, self.latent_size(size), steps) if preserve_consistency else None
         graphs = self._graphs_for(device)
         with self._phase("text"):
             prompt_embeds = self.encode_prompt(prompt, device)
@@ -699,14 +777,13 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
             kv_bank=kv[0].bank.clone() if kv is not None else None,
             prompt_embeds=prompt_embeds,
             prompt=prompt,
-            image_size=tuple(pixels.shape[-2:]),
+            image_size=size,
             num_inference_steps=num_inference_steps,
             inversion_strength=float(inversion_strength),
+            image_fingerprint=fingerprint,
+            made_by=self._weights_fingerprints(),
+            dtype=self.unet.dtype,
         )
-
-    def latent_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
-        """``(height, width)`` of the latent of an image of ``image_size = (height, width)`` pixels."""
-        return image_size[0] // self.vae_scale_factor, image_size[1] // self.vae_scale_factor
 
     # ----------------------------------------------------------------------------------------
     # The call
@@ -725,7 +802,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         inversion_strength: float | None = None,
         guidance_scale: float = 1.0,
         negative_prompt: str | None = None,
-        fill: str = "bnni",
+        fill: str = DEFAULT_FILL,
         preserve_consistency: bool = True,
         inversion: FastDragInversion | None = None,
         generator: torch.Generator | None = None,
@@ -741,15 +818,18 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         Drag the content of ``image`` from each handle point to its target point.
 
         Args:
-            image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`):
-                The image: PIL, ``(H, W, 3)`` uint8 array, or ``(3, H, W)``/``(1, 3, H, W)`` tensor in
-                [0, 1]. H and W must be multiples of ``pipe.vae_scale_factor`` (8 for SD). May be
-                left out when ``inversion`` is given.
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, or a list of one):
+                The image: PIL in any mode (16-bit read by value, transparency over white), an
+                ``(H, W, 3)`` or ``(1, H, W, 3)`` array (uint8, uint16 or float in [0, 1]), or a
+                ``(3, H, W)``/``(1, 3, H, W)`` float tensor in [0, 1]. H and W must be multiples of
+                ``pipe.vae_scale_factor`` (8 for SD). May be left out when ``inversion`` is given;
+                if both are given they must be the same image.
             handle_points, target_points (sequence of `(x, y)`):
                 Image pixels, ``x`` the column and ``y`` the row; the same number of each, at least
                 one. ``0 <= x < W``, ``0 <= y < H``; fractions allowed.
             mask (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`, *optional*):
-                ``(H, W)``, nonzero where content may move. ``None`` lets the whole image move.
+                ``(H, W)``, nonzero where content may move; a mask with a non-uniform alpha channel
+                is read from its alpha. ``None`` lets the whole image move.
             prompt (`str`, *optional*): text condition for every UNet call; default "" (or the
                 inversion's prompt).
             num_inference_steps (`int`, *optional*): DDIM schedule length; default 10 (or the
@@ -757,8 +837,8 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
             inversion_strength (`float`, *optional*): fraction of the schedule inverted, in (0, 1];
                 default 0.7 (or the inversion's). ``round(strength * steps)`` UNet calls invert and
                 as many sample.
-            guidance_scale (`float`, defaults to 1.0): classifier-free guidance while sampling;
-                1.0 (the method's default) turns it off. Inversion never uses guidance.
+            guidance_scale (`float`, defaults to 1.0): classifier-free guidance while sampling, in
+                [0, 100]; 1.0 (the method's default) or less turns it off. Inversion never uses guidance.
             negative_prompt (`str`, *optional*): the unconditional text when guidance is on.
             fill (`str`, defaults to `"bnni"`): how the pixels left empty by the warp are filled:
                 `"bnni"`, `"original"`, `"zeros"` or `"noise"`.
@@ -782,88 +862,58 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
-        # 1. Check inputs, before any model runs.
-        if handle_points is None or target_points is None:
-            raise ValueError("`handle_points` and `target_points` are required: give at least one drag")
-        if image is None and inversion is None:
-            raise ValueError("`image` is required unless `inversion` (from `pipe.invert`) is given")
-        pixels = self.image_to_tensor(image) if image is not None else None
-        if inversion is not None:
-            self.check_inversion(
-                inversion,
-                tuple(pixels.shape[-2:]) if pixels is not None else None,
-                prompt,
-                num_inference_steps,
-                inversion_strength,
-                preserve_consistency,
-            )
-            prompt, num_inference_steps, inversion_strength = (
-                inversion.prompt,
-                inversion.num_inference_steps,
-                inversion.inversion_strength,
-            )
-            image_size = inversion.image_size
-        else:
-            image_size = tuple(pixels.shape[-2:])
-        prompt = "" if prompt is None else prompt
-        if not isinstance(prompt, str) or not (negative_prompt is None or isinstance(negative_prompt, str)):
-            raise TypeError("`prompt` and `negative_prompt` must be strings")
-        num_inference_steps = DEFAULT_STEPS if num_inference_steps is None else num_inference_steps
-        inversion_strength = DEFAULT_STRENGTH if inversion_strength is None else inversion_strength
-        steps = self.check_schedule(num_inference_steps, inversion_strength)
-        handles_xy, targets_xy = self.check_inputs(
-            image_size, handle_points, target_points, guidance_scale, fill, output_type, generator,
+        # 1. Check inputs. Raise error if not correct, before any model runs.
+        self.check_inputs(
+            image, handle_points, target_points, mask, prompt, negative_prompt, num_inference_steps,
+            inversion_strength, guidance_scale, fill, preserve_consistency, inversion, generator, output_type,
             callback_on_step_end_tensor_inputs,
         )
-        pixel_mask = mask_to_tensor(mask, image_size)
-        inversion_steps, sampling_steps = self.timesteps_for(num_inference_steps, steps)
 
-        self._guidance_scale = guidance_scale
+        # 2. Define call parameters: a cached inversion brings its image size, prompt and schedule.
+        if inversion is not None:
+            image, size = None, inversion.image_size
+            prompt, num_inference_steps, inversion_strength = (
+                inversion.prompt, inversion.num_inference_steps, inversion.inversion_strength
+            )
+        else:
+            size = image_size(image)
+        prompt = prompt or ""
+        num_inference_steps = int(DEFAULT_STEPS if num_inference_steps is None else num_inference_steps)
+        steps = round(float(DEFAULT_STRENGTH if inversion_strength is None else inversion_strength) * num_inference_steps)
+        inversion_steps, sampling_steps = self.timesteps_for(num_inference_steps, steps)
+        self._guidance_scale = float(guidance_scale)
         self._num_timesteps = len(sampling_steps)
         self._interrupt = False
-
-        # 2. Define call parameters. Every input goes to the device now, while its queue is empty:
-        #    later, a host-to-device copy would wait for the queued work.
         device = self._execution_device
-        latent_mask = to_device(image_to_latent_mask(pixel_mask, self.vae_scale_factor), device)
-        handles = to_device(image_to_latent_points(handles_xy, self.vae_scale_factor), device)
-        targets = to_device(image_to_latent_points(targets_xy, self.vae_scale_factor), device)
+
+        # 3. Preprocess image, mask and drags, and send them to the device.
+        pixels, latent_mask, handles, targets = self.preprocess(image, mask, handle_points, target_points, size, device)
         inversion_timesteps = to_device(torch.tensor(inversion_steps), device)
         sampling_timesteps = to_device(torch.tensor(sampling_steps), device)
-        pixels = to_device(pixels, device) if inversion is None else None
-        kv = self._kv_for(device, self.latent_size(image_size), steps) if preserve_consistency else None
+        kv = self._kv_for(device, self.latent_size(size), steps) if preserve_consistency else None
         graphs = self._graphs_for(device)
 
-        # 3. Encode the prompt (a cached inversion brings its own embedding).
-        prompt_embeds = inversion.prompt_embeds.to(device) if inversion is not None else None
-        negative_embeds = None
-        if prompt_embeds is None or self.do_classifier_free_guidance:
-            with self._phase("text"):
-                if prompt_embeds is None:
-                    prompt_embeds = self.encode_prompt(prompt, device)
-                if self.do_classifier_free_guidance:
-                    negative_embeds = self.encode_prompt(negative_prompt or "", device)
+        # 4. Encode input prompt.
+        prompt_embeds, negative_embeds = self._prompt_embeddings(prompt, negative_prompt, inversion, device)
 
-        # 4. Encode the image and invert it, recording keys/values; or load a cached inversion.
+        # 5. Encode the image and invert it, recording keys/values; or load the cached inversion.
         if inversion is None:
             _, latents = self._encode_and_invert(pixels, prompt_embeds, inversion_timesteps, inversion_steps, kv, graphs)
         else:
-            latents = inversion.latents.to(device)
-            if kv is not None:
-                kv[0].bank.copy_(inversion.kv_bank)
+            latents = self._load_inversion(inversion, kv, device)
 
-        # 5. One-step warpage: LWF, relocation and filling of the null pixels.
+        # 6. One-step warpage: LWF, relocation and filling of the null pixels.
         with self._phase("warp"):
             latents = self._warp(latents, latent_mask, handles, targets, fill, generator, graphs)
 
-        # 6. Sample back to t = 0, replaying the recorded keys/values.
+        # 7. Denoising loop: sample back to t = 0, replaying the recorded keys/values.
         with self._phase("sampling"):
             latents = self._sample_latents(
                 latents, prompt_embeds, negative_embeds, sampling_timesteps, sampling_steps, kv, graphs,
                 callback_on_step_end, callback_on_step_end_tensor_inputs,
             )
 
-        # 7. Decode and post-process.
+        # 8. Decode and post-process.
         if output_type != "latent":
             with self._phase("decode"):
                 image = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
@@ -873,7 +923,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         else:
             image, has_nsfw_concept = latents, None
 
-        # 8. Offload all models.
+        # 9. Offload all models.
         self.maybe_free_model_hooks()
 
         if not return_dict:

@@ -1,10 +1,14 @@
 """FastDrag's one-step warpage: latent warpage function (LWF), relocation and BNNI.
 
-Everything here follows ``fastdrag-method.md`` sections 2-4. Conventions:
+Latent math only: everything here follows ``docs/method.md`` sections 2-4 on tensors in the latent
+grid. Conventions:
 
-* image points are ``(x, y)`` pixels (x = column, y = row), as in PIL and DragBench;
-* inside a latent (or any grid handled here) points are ``(row, col)`` floats;
-* masks are ``(H, W)`` bool tensors, ``True`` where content may move.
+* points are latent ``(row, col)`` floats, ``(K, 2)`` tensors (or nested sequences of numbers);
+* masks are ``(H, W)`` bool tensors, ``True`` where content may move;
+* latents are ``(B, C, H, W)`` tensors of any float dtype.
+
+Images, masks and drags in image ``(x, y)`` pixels are converted by ``inputs.py``; the pixel
+preview is ``frontend.preview_drag``.
 
 The functions are vectorised over pixels and drags and never read tensor values back on the
 host, so on CUDA they run without synchronising. The input checks (``validate=True``, the
@@ -20,13 +24,13 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 FILL_MODES = ("bnni", "original", "zeros", "noise")
+DEFAULT_FILL = "bnni"
 
-PointsLike = torch.Tensor | np.ndarray | Sequence[Sequence[float]]
+PointsLike = torch.Tensor | Sequence[Sequence[float]]
 
 # Constants of the reference: they make our field agree with it to the bit.
 _RADIUS_EPS = 1e-6
@@ -39,14 +43,11 @@ _WEIGHT_EPS = 1e-4
 
 
 def as_points(points: PointsLike, name: str, device: torch.device | None = None) -> torch.Tensor:
-    """Return ``points`` as a ``(K, 2)`` float32 tensor, raising ``ValueError`` naming ``name``."""
-    if isinstance(points, torch.Tensor):
-        tensor = points.detach().to(device=device, dtype=torch.float32)
-    else:
-        try:
-            tensor = torch.as_tensor(np.asarray(points, dtype=np.float64), dtype=torch.float32, device=device)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"`{name}` must be a sequence of 2-element points, got {points!r}") from error
+    """``points`` as a ``(K, 2)`` float32 tensor on ``device``, raising ``ValueError`` naming ``name``."""
+    try:
+        tensor = torch.as_tensor(points, dtype=torch.float32, device=device)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"`{name}` must be a (K, 2) tensor of (row, col) points, got {points!r}") from error
     if tensor.numel() == 0:
         tensor = tensor.reshape(0, 2)  # so that `check_points` can say "empty"
     if tensor.ndim == 1 and tensor.numel() == 2:
@@ -56,37 +57,25 @@ def as_points(points: PointsLike, name: str, device: torch.device | None = None)
     return tensor
 
 
-def check_points(
-    handles: torch.Tensor,
-    targets: torch.Tensor,
-    size: tuple[int, int],
-    names: tuple[str, str] = ("handles", "targets"),
-    order: str = "row_col",
-) -> None:
-    """Check drags on a grid of ``size = (H, W)``; reads values on the host.
-
-    ``order="row_col"``: points are ``(row, col)``, inside when ``0 <= row < H, 0 <= col < W``.
-    ``order="xy"``: points are image ``(x, y)``, inside when ``0 <= x < W, 0 <= y < H``.
-    """
+def check_points(handles: torch.Tensor, targets: torch.Tensor, size: tuple[int, int]) -> None:
+    """Check latent drags on a grid of ``size = (H, W)``: ``(K, 2)`` ``(row, col)`` points, the same
+    number of each, at least one, finite, with ``0 <= row < H`` and ``0 <= col < W``. Reads values."""
     if handles.shape[0] == 0:
-        raise ValueError(f"`{names[0]}` is empty: give at least one drag (K >= 1)")
+        raise ValueError("`handles` is empty: give at least one drag (K >= 1)")
     if handles.shape != targets.shape:
         raise ValueError(
-            f"`{names[0]}` and `{names[1]}` must have the same number of points, "
-            f"got {handles.shape[0]} and {targets.shape[0]}"
+            f"`handles` and `targets` must have the same number of points, got {handles.shape[0]} and {targets.shape[0]}"
         )
     height, width = size
-    first, second = (height, width) if order == "row_col" else (width, height)
-    label = "(row, col)" if order == "row_col" else "(x, y)"
-    axes = ("row", "col") if order == "row_col" else ("x", "y")
-    for name, points in zip(names, (handles, targets)):
+    for name, points in (("handles", handles), ("targets", targets)):
         if not bool(torch.isfinite(points).all()):
             raise ValueError(f"`{name}` contains a non-finite coordinate: {points.tolist()}")
-        outside = (points[:, 0] < 0) | (points[:, 0] >= first) | (points[:, 1] < 0) | (points[:, 1] >= second)
+        rows, cols = points[:, 0], points[:, 1]
+        outside = (rows < 0) | (rows >= height) | (cols < 0) | (cols >= width)
         if bool(outside.any()):
             raise ValueError(
-                f"`{name}` has points outside the {height}x{width} grid: {points[outside].tolist()} as {label}; "
-                f"allowed: 0 <= {axes[0]} < {first}, 0 <= {axes[1]} < {second}"
+                f"`{name}` has points outside the {height}x{width} grid: {points[outside].tolist()} as (row, col); "
+                f"allowed: 0 <= row < {height}, 0 <= col < {width}"
             )
 
 
@@ -115,31 +104,6 @@ def check_latents(latents: torch.Tensor, size: tuple[int, int], name: str = "lat
         raise ValueError(f"`{name}` must be a floating-point torch.Tensor")
     if latents.ndim != 4 or tuple(latents.shape[-2:]) != tuple(size):
         raise ValueError(f"`{name}` must have shape (B, C, {size[0]}, {size[1]}), got {tuple(latents.shape)}")
-
-
-# --------------------------------------------------------------------------------------------
-# Image space to latent space
-# --------------------------------------------------------------------------------------------
-
-
-def image_to_latent_points(points_xy: PointsLike, scale: int) -> torch.Tensor:
-    """Turn image ``(x, y)`` pixels into latent ``(row, col) = (y, x) / scale`` floats (no rounding).
-
-    Returns a ``(K, 2)`` float32 tensor on the device of ``points_xy`` (CPU for sequences).
-    """
-    points = as_points(points_xy, "points_xy")
-    return points.flip(-1) / float(scale)
-
-
-def image_to_latent_mask(mask: torch.Tensor, scale: int) -> torch.Tensor:
-    """Max-pool an image mask ``(H, W)`` to the latent grid ``(ceil(H / scale), ceil(W / scale))``.
-
-    A latent pixel is set iff any image pixel of its ``scale x scale`` block is set (nonzero).
-    """
-    if mask.ndim != 2:
-        raise ValueError(f"`mask` must have shape (H, W), got {tuple(mask.shape)}")
-    pooled = F.max_pool2d((mask != 0).float()[None, None], kernel_size=scale, stride=scale, ceil_mode=True)
-    return pooled[0, 0] > 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,7 +331,7 @@ def bnni(latents: torch.Tensor, null: torch.Tensor, validate: bool = True) -> to
 def fill_null(
     latents: torch.Tensor,
     null: torch.Tensor,
-    mode: str = "bnni",
+    mode: str = DEFAULT_FILL,
     generator: torch.Generator | None = None,
     validate: bool = True,
 ) -> torch.Tensor:
@@ -412,7 +376,7 @@ def warp_latents(
     mask: torch.Tensor,
     handles: PointsLike,
     targets: PointsLike,
-    fill: str = "bnni",
+    fill: str = DEFAULT_FILL,
     generator: torch.Generator | None = None,
     validate: bool = True,
 ) -> torch.Tensor:
@@ -428,87 +392,3 @@ def warp_latents(
     field = warpage_field(mask, handles, targets, validate=validate)
     relocated, null = relocate(latents, mask.to(latents.device), field, validate=False)
     return fill_null(relocated, null, fill, generator=generator, validate=False)
-
-
-# --------------------------------------------------------------------------------------------
-# Pixel-space preview
-# --------------------------------------------------------------------------------------------
-
-
-def image_to_tensor(image) -> torch.Tensor:
-    """PIL image, ``(H, W, 3)`` array (uint8, or float in [0, 1]), or ``(3, H, W)``/``(1, 3, H, W)``
-    tensor in [0, 1] -> ``(1, 3, H, W)`` float32 in [0, 1] on the CPU. Raises on anything else."""
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"`image` array must have shape (H, W, 3), got {image.shape}")
-        scale = 255.0 if image.dtype == np.uint8 else 1.0
-        tensor = torch.from_numpy(image.astype(np.float32) / scale).permute(2, 0, 1)[None]
-    elif isinstance(image, torch.Tensor):
-        tensor = image[None] if image.ndim == 3 else image
-        if tensor.ndim != 4 or tuple(tensor.shape[:2]) != (1, 3):
-            raise ValueError(f"`image` tensor must have shape (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
-        tensor = tensor.detach().float().cpu()
-    else:
-        raise TypeError(
-            f"`image` must be a PIL.Image.Image, an (H, W, 3) numpy array or a (3, H, W) torch.Tensor, "
-            f"got {type(image).__name__}"
-        )
-    if not bool(torch.isfinite(tensor).all()) or tensor.min() < 0 or tensor.max() > 1:
-        raise ValueError("`image` values must lie in [0, 1] (or 0..255 for uint8 arrays)")
-    return tensor
-
-
-def mask_to_tensor(mask, size: tuple[int, int]) -> torch.Tensor:
-    """``(H, W)`` PIL image, array or tensor (nonzero = may move), or ``None`` (everything) ->
-    non-empty ``(H, W)`` bool on the CPU, for an image of ``size = (H, W)``."""
-    from PIL import Image
-
-    if mask is None:
-        return torch.ones(size, dtype=torch.bool)
-    if isinstance(mask, Image.Image):
-        mask = np.asarray(mask.convert("L"))
-    if isinstance(mask, np.ndarray):
-        mask = torch.from_numpy(np.array(mask))
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"`mask` must be a PIL image, a numpy array, a torch.Tensor or None, got {type(mask).__name__}")
-    while mask.ndim > 2 and mask.shape[0] == 1:
-        mask = mask[0]
-    if tuple(mask.shape) != tuple(size):
-        raise ValueError(f"`mask` must have the image's size (H, W) = {tuple(size)}, got {tuple(mask.shape)}")
-    mask = mask.detach().cpu() != 0
-    if not bool(mask.any()):
-        raise ValueError("`mask` is empty: mark the region that may move with nonzero pixels, or pass None")
-    return mask
-
-
-def preview_drag(image, mask, handle_points: PointsLike, target_points: PointsLike, fill: str = "bnni"):
-    """Warp the RGB pixels themselves at image resolution: an instant, model-free preview.
-
-    Args:
-        image: PIL image, ``(H, W, 3)`` array, or ``(3, H, W)``/``(1, 3, H, W)`` tensor in [0, 1].
-        mask: ``(H, W)`` PIL image, array or tensor, nonzero = may move; ``None`` = whole image.
-        handle_points, target_points: ``(K, 2)`` image ``(x, y)`` pixels.
-
-    Returns:
-        The warped image, of the same kind as ``image`` (PIL, uint8 array, or float tensor).
-    """
-    pixels = image_to_tensor(image)
-    size = tuple(pixels.shape[-2:])
-    pixel_mask = mask_to_tensor(mask, size)
-    handles_xy = as_points(handle_points, "handle_points")
-    targets_xy = as_points(target_points, "target_points")
-    check_points(handles_xy, targets_xy, size, names=("handle_points", "target_points"), order="xy")
-    handles, targets = image_to_latent_points(handles_xy, 1), image_to_latent_points(targets_xy, 1)
-    warped = warp_latents(pixels, pixel_mask, handles, targets, fill=fill, validate=False)
-    if isinstance(image, torch.Tensor):
-        return warped.reshape(image.shape).to(image.dtype)
-    array = (warped[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    if isinstance(image, np.ndarray):
-        return array
-    from PIL import Image
-
-    return Image.fromarray(array)

@@ -43,7 +43,9 @@ from pathlib import Path
 import torch
 
 from fastdrag.cli import DTYPES, pick_device_and_dtype
-from fastdrag.pipeline_fastdrag import PHASES, StableDiffusionFastDragPipeline, synchronize
+from fastdrag.inputs import DEFAULT_STEPS, DEFAULT_STRENGTH
+from fastdrag.pipeline_fastdrag import StableDiffusionFastDragPipeline
+from fastdrag.timing import PHASES, synchronize
 from fastdrag.testing import random_sd15_pipeline, write_dragbench
 
 # seconds, for the H100 / fp16 / 512x512 configuration of the fast-path issue
@@ -334,8 +336,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=DTYPES)
     parser.add_argument("--resolution", type=int, default=512, help="square image side, a multiple of 8")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--strength", type=float, default=0.7)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--strength", type=float, default=DEFAULT_STRENGTH)
     parser.add_argument("--prompt", default="a photo")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each; the median is shown")
     parser.add_argument("--warmup", type=int, default=1, help="untimed edits first (kernels, allocator)")

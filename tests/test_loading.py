@@ -17,7 +17,9 @@ from fastdrag import StableDiffusionFastDragPipeline
 from tiny_models import tiny_components, tiny_image, tiny_unet
 
 ROOT = Path(fastdrag.__file__).resolve().parent
-ENTRY_FILES = ("pipeline.py", "pipeline_fastdrag.py", "warpage.py", "attention_processors.py", "cuda_graphs.py")
+# The pipeline's sibling modules: each imported directly by both entry files, none importing another.
+SIBLINGS = ("warpage", "attention_processors", "cuda_graphs", "inputs", "timing")
+ENTRY_FILES = ("pipeline.py", "pipeline_fastdrag.py", *(f"{name}.py" for name in SIBLINGS))
 
 
 def run(pipe) -> np.ndarray:
@@ -114,9 +116,8 @@ def test_swapped_unet(sd_dir, tmp_path, time_cond_proj_dim):
 
 def test_relative_imports_stay_within_what_diffusers_copies():
     # Local loading copies only the entry file's direct relative imports.
-    for name in ("warpage.py", "attention_processors.py", "cuda_graphs.py"):
-        assert dynamic_modules_utils.get_relative_imports(str(ROOT / name)) == []
-    siblings = {"warpage", "attention_processors", "cuda_graphs"}
-    assert set(dynamic_modules_utils.get_relative_imports(str(ROOT / "pipeline_fastdrag.py"))) == siblings
-    assert set(dynamic_modules_utils.get_relative_imports(str(ROOT / "pipeline.py"))) == siblings | {"pipeline_fastdrag"}
+    for name in SIBLINGS:
+        assert dynamic_modules_utils.get_relative_imports(str(ROOT / f"{name}.py")) == []
+    assert set(dynamic_modules_utils.get_relative_imports(str(ROOT / "pipeline_fastdrag.py"))) == set(SIBLINGS)
+    assert set(dynamic_modules_utils.get_relative_imports(str(ROOT / "pipeline.py"))) == {*SIBLINGS, "pipeline_fastdrag"}
     assert os.path.exists(ROOT / "pipeline.py")

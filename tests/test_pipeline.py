@@ -7,7 +7,8 @@ from PIL import Image
 
 from fastdrag import StableDiffusionFastDragPipeline, attention_processors
 from fastdrag.attention_processors import KVBank, KVState, kv_shapes, up_block_self_attention_layers
-from fastdrag.warpage import image_to_latent_mask, image_to_latent_points, warp_latents
+from fastdrag.inputs import image_to_latent_mask, image_to_latent_points
+from fastdrag.warpage import warp_latents
 from tiny_models import IMAGE_SIZE, tiny_components, tiny_image
 
 HANDLES = [(10.0, 12.0), (20.5, 19.0)]  # image (x, y)
@@ -359,12 +360,12 @@ def test_accepts_pil_uint8_array_and_batched_tensor(pipe):
 
 
 def test_timing_phases_times_each_phase_and_sums_over_calls(pipe):
-    from fastdrag.pipeline_fastdrag import PHASES
+    from fastdrag.timing import PHASES
 
     with pipe.timing_phases() as times:
         drag(pipe)
     assert set(times) == set(PHASES) and all(seconds > 0 for seconds in times.values())
-    assert pipe._phase_times is None
+    assert not pipe._clock.collecting
 
     inversion = pipe.invert(tiny_image(), prompt="a cat")
     with pipe.timing_phases() as redrag:
@@ -378,4 +379,4 @@ def test_timing_phases_times_each_phase_and_sums_over_calls(pipe):
 def test_timing_phases_is_switched_off_after_an_exception(pipe):
     with pytest.raises(RuntimeError), pipe.timing_phases():
         raise RuntimeError("boom")
-    assert pipe._phase_times is None
+    assert not pipe._clock.collecting

@@ -8,16 +8,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from fastdrag import warpage
-from fastdrag.warpage import (
-    bnni,
-    fill_null,
-    image_to_latent_mask,
-    image_to_latent_points,
-    preview_drag,
-    relocate,
-    warp_latents,
-    warpage_field,
-)
+from fastdrag.frontend import preview_drag
+from fastdrag.inputs import image_to_latent_mask, image_to_latent_points
+from fastdrag.warpage import bnni, fill_null, relocate, warp_latents, warpage_field
 from oracles import bnni_oracle, field_oracle, relocate_oracle
 
 

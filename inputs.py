@@ -1,0 +1,353 @@
+"""FastDrag's input boundary: images, masks, drags and numbers as callers have them, checked and converted.
+
+Conventions:
+
+* image points are ``(x, y)`` pixels, ``x`` the column and ``y`` the row, as in PIL and DragBench;
+* latent points are ``(row, col)`` floats: ``(row, col) = (y, x) / vae_scale_factor``;
+* a mask is ``(H, W)``: a pixel may move where the mask is nonzero, or, for a mask with an alpha
+  channel that is not fully opaque, where the alpha is nonzero (strokes on a transparent layer).
+
+Images come as Diffusers pipelines take a single image: a PIL image (any mode: 16-bit and palette
+images are read by value, transparent ones composited over white), an ``(H, W, 3)`` or
+``(1, H, W, 3)`` array (uint8, uint16, or float in [0, 1]), a ``(3, H, W)`` or ``(1, 3, H, W)``
+float tensor in [0, 1], or a one-element list of any of these.
+
+The ``check_*`` functions raise ``ValueError``/``TypeError`` naming the argument and the allowed
+values; the converters assume checked input. Nothing here runs a model, and this module imports
+nothing relative, so Diffusers can copy it beside a local ``custom_pipeline`` file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+
+DEFAULT_STEPS = 10
+DEFAULT_STRENGTH = 0.7
+
+ImageLike = PIL.Image.Image | np.ndarray | torch.Tensor | Sequence
+PointsLike = torch.Tensor | np.ndarray | Sequence[Sequence[float]]
+
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_WHITE = (255, 255, 255)
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers
+# --------------------------------------------------------------------------------------------
+
+
+def is_integer(value) -> bool:
+    """A Python or numpy integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value) -> bool:
+    """A Python or numpy real number, not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def check_schedule(num_inference_steps, inversion_strength, max_steps: int) -> int:
+    """Validate the schedule; return the number of inversion (and sampling) steps,
+    ``round(inversion_strength * num_inference_steps)``."""
+    if not is_integer(num_inference_steps) or not 1 <= num_inference_steps <= max_steps:
+        raise ValueError(
+            f"`num_inference_steps` must be an integer >= 1 and <= {max_steps} (the scheduler's training steps), "
+            f"got {num_inference_steps!r}"
+        )
+    if not is_real(inversion_strength) or not 0 < inversion_strength <= 1:
+        raise ValueError(f"`inversion_strength` must be in (0, 1], got {inversion_strength!r}")
+    steps = round(float(inversion_strength) * int(num_inference_steps))
+    if steps < 1:
+        raise ValueError(
+            f"`inversion_strength` * `num_inference_steps` = {inversion_strength} * {num_inference_steps} "
+            "rounds to 0 steps; raise either"
+        )
+    return steps
+
+
+def check_real(value, name: str, low: float, high: float) -> float:
+    """``value`` as a float, if it is a real number with ``low <= value <= high``."""
+    if not is_real(value) or not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"`{name}` must be a number with {low:g} <= {name} <= {high:g}, got {value!r}")
+    return float(value)
+
+
+def check_text(value, name: str) -> None:
+    """``value`` must be a str or None (a single prompt: FastDrag edits one image)."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"`{name}` must be a str or None, got {type(value).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+
+
+def _single(value, name: str):
+    """Unwrap a one-element list or tuple; refuse a longer one (one image at a time)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise ValueError(f"`{name}`: FastDrag edits one image at a time, got a list of {len(value)}")
+        value = value[0]
+    return value
+
+
+def _array_hwc(array: np.ndarray | torch.Tensor, name: str) -> tuple[int, int, int]:
+    """``(H, W, C)`` of an ``(H, W, C)`` / ``(1, H, W, C)`` array, C in 1, 3, 4; or of ``(H, W)``."""
+    shape = tuple(array.shape)
+    if len(shape) == 4 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    if len(shape) != 3 or shape[2] not in (1, 3, 4):
+        raise ValueError(f"`{name}` array must have shape (H, W, 3) or (1, H, W, 3), got {tuple(array.shape)}")
+    return shape
+
+
+def _tensor_chw(tensor: torch.Tensor, name: str) -> tuple[int, int, int]:
+    """``(C, H, W)`` of a ``(3, H, W)`` / ``(1, 3, H, W)`` tensor."""
+    shape = tuple(tensor.shape)
+    if len(shape) == 4 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) != 3 or shape[0] != 3:
+        raise ValueError(f"`{name}` tensor must have shape (3, H, W) or (1, 3, H, W), got {tuple(tensor.shape)}")
+    return shape
+
+
+def _check_unit_range(values: np.ndarray | torch.Tensor, name: str) -> None:
+    """Float values must be finite and lie in [0, 1]. Reads every value."""
+    values = torch.as_tensor(values)
+    if values.numel() and (not bool(torch.isfinite(values).all()) or values.min() < 0 or values.max() > 1):
+        raise ValueError(f"`{name}` values must lie in [0, 1] (or 0..255 for uint8, 0..65535 for uint16) and be finite")
+
+
+def image_size(image, name: str = "image") -> tuple[int, int]:
+    """``(height, width)`` of one image in any accepted form, from its size or shape alone.
+
+    Raises on a form or shape FastDrag does not take; reads no pixel.
+    """
+    image = _single(image, name)
+    if isinstance(image, PIL.Image.Image):
+        return image.height, image.width
+    if isinstance(image, np.ndarray):
+        return _array_hwc(image, name)[:2]
+    if isinstance(image, torch.Tensor):
+        return _tensor_chw(image, name)[1:]
+    raise TypeError(
+        f"`{name}` must be a PIL.Image.Image, an (H, W, 3) numpy array or a (3, H, W) torch.Tensor "
+        f"(or a list of one), got {type(image).__name__}"
+    )
+
+
+def check_image(image, name: str = "image") -> tuple[int, int]:
+    """Check that ``image`` is one image FastDrag can read; return its ``(height, width)``.
+
+    Float arrays and tensors are read to check their range, as are 32-bit and float PIL images.
+    """
+    size = image_size(image, name)
+    image = _single(image, name)
+    if isinstance(image, PIL.Image.Image) and image.mode in ("I", "F"):
+        low, high = image.getextrema()
+        allowed = 65535 if image.mode == "I" else 1
+        if not 0 <= low <= high <= allowed:
+            raise ValueError(f"`{name}` is a {image.mode}-mode image with values {low}..{high}; allowed: 0..{allowed}")
+    elif isinstance(image, np.ndarray) and image.dtype not in (np.uint8, np.uint16):
+        if not np.issubdtype(image.dtype, np.floating):
+            raise TypeError(f"`{name}` array must be uint8, uint16 or float, got {image.dtype}")
+        _check_unit_range(image, name)
+    elif isinstance(image, torch.Tensor):
+        if not image.is_floating_point():
+            raise TypeError(f"`{name}` tensor must be floating point, in [0, 1], got {image.dtype}")
+        _check_unit_range(image.detach(), name)
+    return size
+
+
+def _over_white(image: PIL.Image.Image) -> PIL.Image.Image:
+    """An image with transparency, composited over white, as RGB."""
+    rgba = image.convert("RGBA")
+    flat = PIL.Image.new("RGB", rgba.size, _WHITE)
+    flat.paste(rgba, mask=rgba.getchannel("A"))
+    return flat
+
+
+def _has_alpha(image: PIL.Image.Image) -> bool:
+    return image.mode in _ALPHA_MODES or (image.mode == "P" and image.has_transparency_data)
+
+
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """Any PIL image as 8-bit RGB by value: 16-bit and float gray scaled, transparency over white."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        gray = _gray_unit(image)
+        return PIL.Image.fromarray(np.round(gray * 255).astype(np.uint8)).convert("RGB")
+    if _has_alpha(image):
+        return _over_white(image)
+    return image.convert("RGB")
+
+
+def _gray_unit(image: PIL.Image.Image) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float gray image as ``(H, W)`` float32 in [0, 1], by value."""
+    array = np.asarray(image).astype(np.float32)
+    return array if image.mode == "F" else array / 65535.0
+
+
+def image_to_tensor(image) -> torch.Tensor:
+    """A checked image (see :func:`check_image`) as a ``(1, 3, H, W)`` float32 tensor in [0, 1] on the CPU."""
+    image = _single(image, "image")
+    if isinstance(image, torch.Tensor):
+        return image.detach().reshape(1, *_tensor_chw(image, "image")).float().cpu()
+    if isinstance(image, PIL.Image.Image):
+        if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+            image = _gray_unit(image)
+        else:
+            image = np.asarray(to_rgb(image))
+    array = np.asarray(image)
+    height, width, channels = _array_hwc(array, "image")
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(array.dtype, 1.0)
+    values = torch.from_numpy(array.reshape(height, width, channels).astype(np.float32) / np.float32(scale))
+    if channels == 4:  # straight alpha over white
+        values = values[..., :3] * values[..., 3:] + (1 - values[..., 3:])
+    values = values.expand(height, width, 3) if channels == 1 else values
+    return values.permute(2, 0, 1)[None].contiguous()
+
+
+def image_fingerprint(pixels: torch.Tensor) -> str:
+    """A digest of a converted image's values: equal for the same picture in any accepted form."""
+    return hashlib.blake2b(pixels.detach().cpu().float().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Masks
+# --------------------------------------------------------------------------------------------
+
+
+def _mask_values(mask) -> torch.Tensor:
+    """A mask in any accepted form as a tensor of its values, ``(H, W)`` or ``(H, W, C)``."""
+    if isinstance(mask, PIL.Image.Image):
+        if _has_alpha(mask):
+            mask = mask.convert("RGBA")
+        elif mask.mode not in ("1", "L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F", "RGB"):
+            mask = mask.convert("RGB")
+        mask = np.asarray(mask)
+    if isinstance(mask, np.ndarray):
+        if mask.dtype == object or not (np.issubdtype(mask.dtype, np.number) or mask.dtype == bool):
+            raise TypeError(f"`mask` array must hold numbers or bools, got {mask.dtype}")
+        mask = torch.from_numpy(np.array(mask))
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"`mask` must be a PIL image, a numpy array, a torch.Tensor or None, got {type(mask).__name__}")
+    return mask.detach().cpu()
+
+
+def _squeeze_mask(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(H, W)``, ``(1, H, W)``, ``(1, 1, H, W)``, ``(H, W, 1)`` -> ``(H, W)``; ``(H, W, 3|4)`` kept."""
+    shape, size = tuple(values.shape), tuple(size)
+    if shape in ((1, *size), (1, 1, *size), (*size, 1)):
+        return values.reshape(size)
+    if shape == size or (len(shape) == 3 and shape[:2] == size and shape[2] in (3, 4)):
+        return values
+    raise ValueError(
+        f"`mask` must have the image's size (H, W) = {size}, as (H, W), (1, H, W), (H, W, 1), (H, W, 3) or "
+        f"(H, W, 4), got {shape}"
+    )
+
+
+def _opaque(dtype: torch.dtype) -> float:
+    """The alpha value of a fully opaque pixel: the integer type's maximum, or 1 for floats."""
+    return torch.iinfo(dtype).max if not dtype.is_floating_point and dtype != torch.bool else 1
+
+
+def mask_to_tensor(mask, size: tuple[int, int]) -> torch.Tensor:
+    """A mask (PIL, array, tensor, a list of one, or ``None`` for everything) for an image of
+    ``size = (H, W)`` as a non-empty ``(H, W)`` bool tensor on the CPU. Raises on a wrong type, a
+    wrong size, non-finite values and an empty mask."""
+    if mask is None:
+        return torch.ones(size, dtype=torch.bool)
+    values = _squeeze_mask(_mask_values(_single(mask, "mask")), size)
+    if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+        raise ValueError("`mask` values must be finite: it contains NaN or infinity")
+    if values.ndim == 3:
+        alpha = values[..., 3] if values.shape[2] == 4 else None
+        # Strokes painted on a transparent layer: the alpha says where, the colour does not matter.
+        painted_in_alpha = alpha is not None and bool((alpha != _opaque(alpha.dtype)).any())
+        values = alpha if painted_in_alpha else values[..., :3].ne(0).any(-1)
+    movable = values != 0
+    if not bool(movable.any()):
+        raise ValueError("`mask` is empty: mark the region that may move with nonzero pixels, or pass None")
+    return movable
+
+
+# --------------------------------------------------------------------------------------------
+# Drags
+# --------------------------------------------------------------------------------------------
+
+
+def as_points(points: PointsLike, name: str) -> torch.Tensor:
+    """``points`` as a ``(K, 2)`` float32 tensor; raises ``ValueError`` naming ``name``."""
+    try:
+        tensor = torch.as_tensor(points.detach() if isinstance(points, torch.Tensor) else np.asarray(points, np.float64))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"`{name}` must be a sequence of (x, y) points, got {points!r}") from error
+    tensor = tensor.to(torch.float32).cpu()
+    if tensor.numel() == 0:
+        tensor = tensor.reshape(0, 2)
+    if tensor.ndim == 1 and tensor.numel() == 2:
+        tensor = tensor[None]
+    if tensor.ndim != 2 or tensor.shape[1] != 2:
+        raise ValueError(f"`{name}` must have shape (K, 2), as (x, y) pixels, got {tuple(tensor.shape)}")
+    return tensor
+
+
+def check_drag_points(handle_points, target_points, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check the drags of an image of ``image_size = (H, W)``; return them as two ``(K, 2)``
+    float32 tensors of image ``(x, y)``. Inside means ``0 <= x < W`` and ``0 <= y < H``."""
+    if handle_points is None or target_points is None:
+        raise ValueError("`handle_points` and `target_points` are required: give at least one drag")
+    handles, targets = as_points(handle_points, "handle_points"), as_points(target_points, "target_points")
+    if handles.shape[0] == 0:
+        raise ValueError("`handle_points` is empty: give at least one drag (K >= 1)")
+    if handles.shape != targets.shape:
+        raise ValueError(
+            "`handle_points` and `target_points` must have the same number of points, "
+            f"got {handles.shape[0]} and {targets.shape[0]}"
+        )
+    height, width = image_size
+    for name, points in (("handle_points", handles), ("target_points", targets)):
+        if not bool(torch.isfinite(points).all()):
+            raise ValueError(f"`{name}` contains a non-finite coordinate: {points.tolist()}")
+        x, y = points[:, 0], points[:, 1]
+        outside = (x < 0) | (x >= width) | (y < 0) | (y >= height)
+        if bool(outside.any()):
+            raise ValueError(
+                f"`{name}` has points outside the {width}x{height} image: {points[outside].tolist()} as (x, y); "
+                f"allowed: 0 <= x < {width}, 0 <= y < {height}"
+            )
+    return handles, targets
+
+
+# --------------------------------------------------------------------------------------------
+# Image space to latent space
+# --------------------------------------------------------------------------------------------
+
+
+def image_to_latent_points(points_xy: PointsLike, scale: int) -> torch.Tensor:
+    """Image ``(x, y)`` pixels ``(K, 2)`` -> latent ``(row, col) = (y, x) / scale`` floats (no rounding),
+    a float32 tensor on the CPU."""
+    return as_points(points_xy, "points_xy").flip(-1) / float(scale)
+
+
+def image_to_latent_mask(mask: torch.Tensor, scale: int) -> torch.Tensor:
+    """Max-pool an ``(H, W)`` image mask to the latent grid ``(ceil(H / scale), ceil(W / scale))``.
+
+    A latent pixel is set iff any image pixel of its ``scale x scale`` block is set (nonzero).
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"`mask` must have shape (H, W), got {tuple(mask.shape)}")
+    pooled = F.max_pool2d((mask != 0).float()[None, None], kernel_size=scale, stride=scale, ceil_mode=True)
+    return pooled[0, 0] > 0

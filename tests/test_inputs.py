@@ -1,0 +1,377 @@
+"""The input boundary: every form of image, mask and number a user has, converted by value or refused
+before any model runs; cached inversions that refuse to be mixed; modules that import no cycle."""
+
+import ast
+import inspect
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fastdrag
+from fastdrag import StableDiffusionFastDragPipeline, inputs
+from fastdrag.cli import main
+from fastdrag.dragbench import Sample, load_sample
+from fastdrag.inputs import check_image, image_fingerprint, image_to_tensor, mask_to_tensor
+from tiny_models import IMAGE_SIZE, tiny_components, tiny_image, tiny_unet, tiny_vae
+
+ROOT = Path(fastdrag.__file__).resolve().parent
+HANDLES = [(10.0, 12.0), (20.5, 19.0)]  # image (x, y)
+TARGETS = [(15.0, 12.0), (22.0, 25.5)]
+
+
+def as_uint8(tensor: torch.Tensor) -> np.ndarray:
+    """``(3, H, W)`` in [0, 1] -> ``(H, W, 3)`` uint8."""
+    return (tensor.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def watch_models(pipe) -> list:
+    """Every UNet, VAE and text encoder call lands in the returned list."""
+    calls = []
+    for model in (pipe.unet, pipe.vae, pipe.vae.encoder, pipe.text_encoder):
+        model.register_forward_pre_hook(lambda *args, _name=type(model).__name__: calls.append(_name))
+    return calls
+
+
+def edit(pipe, **kwargs):
+    args = dict(image=tiny_image(), handle_points=HANDLES, target_points=TARGETS, prompt="a cat", output_type="np")
+    args.update(kwargs)
+    return pipe(**args).images
+
+
+# --------------------------------------------------------------------------------------------
+# Images, converted by value
+# --------------------------------------------------------------------------------------------
+
+
+def test_every_single_image_form_gives_the_same_tensor():
+    array = as_uint8(tiny_image())
+    want = torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255
+    tensor = want[0].clone()
+    forms = [
+        Image.fromarray(array), [Image.fromarray(array)], array, array[None], [array],
+        array.astype(np.float32) / 255, array.astype(np.uint16) * 257, tensor, tensor[None], [tensor],
+    ]
+    for form in forms:
+        assert check_image(form) == (IMAGE_SIZE, IMAGE_SIZE)
+        torch.testing.assert_close(image_to_tensor(form), want, atol=1e-6, rtol=0)
+
+
+def test_sixteen_bit_grayscale_is_read_by_value_not_clipped():
+    values = (np.arange(IMAGE_SIZE * IMAGE_SIZE, dtype=np.uint32).reshape(IMAGE_SIZE, IMAGE_SIZE) * 60).astype(np.uint16)
+    image = Image.fromarray(values)
+    assert image.mode == "I;16"
+    got = image_to_tensor(image)
+    assert got.shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    torch.testing.assert_close(got[0, 1], torch.from_numpy(values.astype(np.float32) / 65535))
+    assert float((got == 1).float().mean()) < 0.01  # PIL's convert("RGB") made 99.6 % of it white
+    wide = Image.fromarray(values.astype(np.int32))  # mode "I", as some readers give 16-bit files
+    torch.testing.assert_close(image_to_tensor(wide), got)
+
+
+def test_palette_and_transparent_images():
+    array = as_uint8(tiny_image())
+    palette = Image.fromarray(array).quantize(16)
+    assert palette.mode == "P"
+    torch.testing.assert_close(image_to_tensor(palette), image_to_tensor(palette.convert("RGB")))
+
+    rgba = np.concatenate([array, np.full((IMAGE_SIZE, IMAGE_SIZE, 1), 255, np.uint8)], -1)
+    rgba[:8, :8, 3] = 0  # transparent corner
+    rgba[8:16, :8, 3] = 128  # half transparent
+    for form in (Image.fromarray(rgba), rgba):
+        got = image_to_tensor(form)[0]
+        assert torch.equal(got[:, :8, :8], torch.ones(3, 8, 8))  # over white
+        opaque = torch.from_numpy(array[16:, :, :]).permute(2, 0, 1).float() / 255
+        torch.testing.assert_close(got[:, 16:, :], opaque)
+        half = torch.from_numpy(array[8:16, :8]).permute(2, 0, 1).float() / 255
+        torch.testing.assert_close(got[:, 8:16, :8], half * 128 / 255 + (1 - 128 / 255), atol=2 / 255, rtol=0)
+    gray_alpha = Image.fromarray(rgba).convert("LA")
+    assert torch.equal(image_to_tensor(gray_alpha)[0, :, :8, :8], torch.ones(3, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "image, error, message",
+    [
+        ([tiny_image(), tiny_image(1)], ValueError, "one image at a time, got a list of 2"),
+        (np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.int64), TypeError, "uint8, uint16 or float"),
+        (np.full((IMAGE_SIZE, IMAGE_SIZE, 3), np.nan, np.float32), ValueError, r"lie in \[0, 1\]"),
+        (torch.zeros(3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8), TypeError, "floating point"),
+        (torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE), ValueError, r"\(3, H, W\) or \(1, 3, H, W\)"),
+        (Image.fromarray(np.full((IMAGE_SIZE, IMAGE_SIZE), 70000, np.int32)), ValueError, "values 70000..70000"),
+    ],
+)
+def test_images_that_cannot_be_read_are_refused_by_name(image, error, message):
+    with pytest.raises(error, match=f"`image`.*{message}"):
+        check_image(image)
+
+
+# --------------------------------------------------------------------------------------------
+# Masks
+# --------------------------------------------------------------------------------------------
+
+SIZE = (IMAGE_SIZE, IMAGE_SIZE)
+
+
+def painted_rgba(alpha_region) -> np.ndarray:
+    """White everywhere, opaque only where painted: a brush layer over a white canvas."""
+    rgba = np.full((*SIZE, 4), 255, np.uint8)
+    rgba[..., 3] = 0
+    rgba[alpha_region + (3,)] = 255
+    return rgba
+
+
+def test_a_mask_painted_in_alpha_is_read_from_its_alpha():
+    region = (slice(4, 12), slice(6, 20))
+    want = torch.zeros(SIZE, dtype=torch.bool)
+    want[region] = True
+    rgba = painted_rgba(region)
+    for mask in (Image.fromarray(rgba), rgba, [Image.fromarray(rgba)], Image.fromarray(rgba).convert("LA")):
+        assert torch.equal(mask_to_tensor(mask, SIZE), want)
+
+
+def test_masks_without_alpha_are_read_from_their_value():
+    values = np.zeros(SIZE, np.uint16)
+    values[3:9, 3:9] = 300
+    want = torch.from_numpy(values != 0)
+    opaque = np.concatenate([np.repeat((values > 0)[..., None] * 255, 3, -1), np.full((*SIZE, 1), 255)], -1)
+    forms = [
+        Image.fromarray(values), values.astype(np.float32) * 0.001, Image.fromarray(values > 0),
+        torch.from_numpy(values.astype(np.int32))[None], values[..., None], values[None, None],
+        opaque.astype(np.uint8), Image.fromarray(opaque.astype(np.uint8)).convert("P"),
+    ]
+    for mask in forms:
+        assert torch.equal(mask_to_tensor(mask, SIZE), want)
+
+
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        (np.full(SIZE, np.nan, np.float32), "must be finite: it contains NaN"),
+        (np.where(np.eye(IMAGE_SIZE) > 0, np.inf, 0).astype(np.float32), "must be finite"),
+        (np.zeros(SIZE), "`mask` is empty"),
+        (painted_rgba((slice(0, 0), slice(0, 0))), "`mask` is empty"),
+        (np.ones((2, *SIZE)), "must have the image's size"),
+        (np.array([["a"] * IMAGE_SIZE] * IMAGE_SIZE), "must hold numbers"),
+    ],
+)
+def test_bad_masks_are_refused(mask, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        mask_to_tensor(mask, SIZE)
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline's boundary
+# --------------------------------------------------------------------------------------------
+
+
+def test_pipeline_reads_a_sixteen_bit_image_and_an_alpha_mask_as_their_values(pipe):
+    values = (as_uint8(tiny_image()).astype(np.uint16)[..., 0]) * 257
+    region = (slice(4, 28), slice(4, 28))
+    expected = edit(pipe, image=np.repeat(values[..., None], 3, -1), mask=mask_to_tensor(painted_rgba(region), SIZE))
+    got = edit(pipe, image=Image.fromarray(values), mask=Image.fromarray(painted_rgba(region)))
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_numpy_scalars_are_numbers(pipe):
+    expected = edit(pipe)
+    got = edit(pipe, num_inference_steps=np.int64(10), inversion_strength=np.float32(0.7), guidance_scale=np.float64(1))
+    np.testing.assert_array_equal(got, expected)
+
+
+BAD_CALLS = [
+    (dict(guidance_scale=1e308), ValueError, r"`guidance_scale` must be a number with 0 <= guidance_scale <= 100"),
+    (dict(guidance_scale=float("nan")), ValueError, "`guidance_scale` must be a number"),
+    (dict(guidance_scale="7"), ValueError, "`guidance_scale` must be a number"),
+    (dict(num_inference_steps=10.0), ValueError, "`num_inference_steps` must be an integer"),
+    (dict(num_inference_steps=True), ValueError, "`num_inference_steps` must be an integer"),
+    (dict(num_inference_steps=1001), ValueError, r"<= 1000"),
+    (dict(inversion_strength="0.7"), ValueError, r"`inversion_strength` must be in \(0, 1\]"),
+    (dict(prompt=["a cat"]), TypeError, "`prompt` must be a str"),
+    (dict(negative_prompt=3), TypeError, "`negative_prompt` must be a str"),
+    (dict(preserve_consistency="yes"), TypeError, "`preserve_consistency` must be a bool"),
+    (dict(image=[tiny_image(), tiny_image()]), ValueError, "one image at a time"),
+    (dict(mask=np.full(SIZE, np.nan)), ValueError, "NaN"),
+    (dict(handle_points="10,12"), ValueError, "`handle_points` must be a sequence of"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, message", BAD_CALLS)
+def test_bad_calls_are_refused_before_any_model_runs(pipe, kwargs, error, message):
+    calls = watch_models(pipe)
+    with pytest.raises(error, match=message):
+        edit(pipe, **kwargs)
+    assert calls == []
+
+
+def test_a_callback_returning_latents_of_another_shape_is_refused(pipe):
+    def shrink(pipeline, i, t, kwargs):
+        return {"latents": kwargs["latents"][..., :8, :8]}
+
+    with pytest.raises(ValueError, match=r"`callback_on_step_end` returned `latents` of shape \(1, 4, 8, 8\)"):
+        edit(pipe, callback_on_step_end=shrink)
+
+
+# --------------------------------------------------------------------------------------------
+# Cached inversions know what made them
+# --------------------------------------------------------------------------------------------
+
+
+def redrag(pipe, inversion, **kwargs):
+    return pipe(handle_points=HANDLES, target_points=TARGETS, inversion=inversion, output_type="np", **kwargs).images
+
+
+def test_an_inversion_accepts_its_own_image_in_any_form_and_refuses_another(pipe):
+    inversion = pipe.invert(tiny_image(), prompt="a cat")
+    assert inversion.image_fingerprint == image_fingerprint(image_to_tensor(tiny_image()))
+    same = redrag(pipe, inversion)
+    # The same picture as PIL is the same image (8-bit rounding aside, so use the 8-bit one throughout).
+    array = as_uint8(tiny_image())
+    inversion = pipe.invert(array, prompt="a cat")
+    np.testing.assert_array_equal(redrag(pipe, inversion, image=Image.fromarray(array)), redrag(pipe, inversion))
+    assert same.shape == (1, IMAGE_SIZE, IMAGE_SIZE, 3)
+    calls = watch_models(pipe)
+    with pytest.raises(ValueError, match="`image` differs from the image `inversion` was made from"):
+        redrag(pipe, inversion, image=as_uint8(tiny_image(1)))
+    assert calls == []
+
+
+@pytest.mark.parametrize("component", ["unet", "vae", "text_encoder"])
+def test_an_inversion_refuses_other_weights(pipe, component):
+    inversion = pipe.invert(tiny_image(), prompt="a cat")
+    replacement = {"unet": lambda: tiny_unet(seed=1), "vae": tiny_vae,
+                   "text_encoder": lambda: tiny_components()["text_encoder"]}[component]()
+    other = StableDiffusionFastDragPipeline(**{**pipe.components, component: replacement}, requires_safety_checker=False)
+    other.set_progress_bar_config(disable=True)
+    calls = watch_models(other)
+    with pytest.raises(ValueError, match=f"`inversion` was made by another {component}"):
+        redrag(other, inversion)
+    assert calls == []
+    # The same components shared by another pipeline (from_pipe) are the same weights.
+    shared = StableDiffusionFastDragPipeline.from_pipe(pipe)
+    shared.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(redrag(shared, inversion), redrag(pipe, inversion))
+
+
+def test_an_inversion_refuses_weights_changed_in_place_and_another_dtype(pipe):
+    inversion = pipe.invert(tiny_image(), prompt="a cat")
+    with torch.no_grad():
+        pipe.unet.conv_out.bias.add_(0.1)  # as fusing a LoRA would
+    with pytest.raises(ValueError, match="`inversion` was made by another unet"):
+        redrag(pipe, inversion)
+    inversion = pipe.invert(tiny_image(), prompt="a cat")
+    pipe.to(dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="was made in torch.float32, but the UNet now runs in torch.bfloat16"):
+        redrag(pipe, inversion)
+
+
+# --------------------------------------------------------------------------------------------
+# DragBench and the command line read files by value
+# --------------------------------------------------------------------------------------------
+
+
+def write_sample(folder: Path, image: Image.Image, prompt) -> Sample:
+    folder.mkdir(parents=True)
+    image.save(folder / "original_image.png")
+    mask = np.zeros(SIZE, np.uint8)
+    mask[4:28, 4:28] = 1
+    with open(folder / "meta_data.pkl", "wb") as f:
+        pickle.dump({"prompt": prompt, "points": [[10, 12], [16, 12]], "mask": mask}, f)
+    return Sample(key="a/b", folder=folder)
+
+
+def test_dragbench_reads_a_sixteen_bit_image_and_a_missing_prompt(tmp_path):
+    values = (np.arange(IMAGE_SIZE * IMAGE_SIZE).reshape(SIZE) * 50).astype(np.uint16)
+    data = load_sample(write_sample(tmp_path / "s", Image.fromarray(values), None))
+    assert data.prompt == ""
+    torch.testing.assert_close(image_to_tensor(data.image)[0, 0], torch.from_numpy(values / 65535).float())
+    with pytest.raises(ValueError, match="`prompt` in meta_data.pkl must be a string"):
+        load_sample(write_sample(tmp_path / "t", Image.fromarray(values), 42))
+
+
+def test_cli_preview_reads_a_sixteen_bit_image_and_an_alpha_mask(tmp_path):
+    values = np.full(SIZE, 16384, np.uint16)  # a quarter grey, not white
+    Image.fromarray(values).save(tmp_path / "grey16.png")
+    Image.fromarray(painted_rgba((slice(4, 28), slice(4, 28)))).save(tmp_path / "mask.png")
+    assert main(["preview", str(tmp_path / "grey16.png"), "--mask", str(tmp_path / "mask.png"),
+                 "--drag", "10,12:16,12", "-o", str(tmp_path / "out.png")]) == 0
+    out = np.asarray(Image.open(tmp_path / "out.png"))
+    assert out.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and np.all(out == 64)  # 16384 / 65535 * 255
+
+
+# --------------------------------------------------------------------------------------------
+# The house: modules, imports, the call
+# --------------------------------------------------------------------------------------------
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Each top-level module of the package -> the package modules it imports (anywhere in it)."""
+    modules = {path.stem for path in ROOT.glob("*.py")}
+    graph = {}
+    for name in modules:
+        tree = ast.parse((ROOT / f"{name}.py").read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level and module:
+                    found.add(module.split(".")[0])
+                elif node.level or module == "fastdrag":  # from . import x, from fastdrag import x
+                    found |= {alias.name for alias in node.names}
+                elif module.startswith("fastdrag."):
+                    found.add(module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                found |= {alias.name.removeprefix("fastdrag.") for alias in node.names if alias.name.startswith("fastdrag.")}
+        graph[name] = found & modules - {name}
+    return graph
+
+
+def test_no_two_modules_import_each_other():
+    graph = module_imports()
+    assert graph["app"] >= {"frontend"} and "cli" not in graph["app"]
+    mutual = sorted((a, b) for a in graph for b in graph[a] if a in graph.get(b, ()) and a < b)
+    assert mutual == []
+
+
+def test_the_pipelines_siblings_import_no_sibling_and_warpage_is_latent_math():
+    graph = module_imports()
+    siblings = graph["pipeline_fastdrag"]
+    assert siblings == {"attention_processors", "cuda_graphs", "inputs", "timing", "warpage"}
+    assert all(graph[name] == set() for name in siblings)
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(ast.parse((ROOT / "warpage.py").read_text()))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
+    }
+    assert imported == {"__future__", "functools", "typing", "torch"}
+
+
+def test_call_reads_top_to_bottom_in_numbered_steps():
+    source = inspect.getsource(StableDiffusionFastDragPipeline.__call__)
+    body = source[source.index('        """', source.index("r\"\"\"") + 4) :].splitlines()[1:]
+    steps = [line.strip().split(".")[0] for line in body if line.strip().startswith("# ") and line.strip()[2:3].isdigit()]
+    assert steps == [f"# {i}" for i in range(1, 10)]
+    assert len(body) <= 75
+
+
+def test_defaults_and_choice_lists_have_one_home():
+    from fastdrag import warpage
+
+    def retyped(name: str) -> list:
+        found = []
+        for node in ast.walk(ast.parse((ROOT / f"{name}.py").read_text())):
+            if isinstance(node, ast.Constant) and node.value == 0.7 and isinstance(node.value, float):
+                found.append("0.7")
+            if isinstance(node, (ast.Tuple, ast.List)) and any(
+                isinstance(e, ast.Constant) and e.value == "zeros" for e in node.elts
+            ):
+                found.append("the fill list")
+        return found
+
+    for name in ("cli", "app", "dragbench", "pipeline_fastdrag", "frontend", "metrics", "testing"):
+        assert retyped(name) == [], name
+    assert retyped("inputs") == ["0.7"] and retyped("warpage") == ["the fill list"]
+    assert warpage.FILL_MODES[0] == warpage.DEFAULT_FILL
