@@ -29,11 +29,6 @@ REPLAY = "replay"
 OFF = "off"
 
 
-def up_block_self_attention_layers(processor_names) -> list[str]:
-    """Names (as in ``unet.attn_processors``) of the up blocks' self-attention layers."""
-    return [name for name in processor_names if name.startswith("up_blocks.") and ".attn1." in name]
-
-
 def _downsampled(size: int, downsampler) -> int:
     """The side a Diffusers ``Downsample2D`` (or a module like it) makes of ``size``."""
     conv = getattr(downsampler, "conv", None)

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 DEFAULT_STEPS = 10
 DEFAULT_STRENGTH = 0.7
 
-ImageLike = PIL.Image.Image | np.ndarray | torch.Tensor | Sequence
 PointsLike = torch.Tensor | np.ndarray | Sequence[Sequence[float]]
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")

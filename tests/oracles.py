@@ -1,4 +1,4 @@
-"""Straightforward loop implementations of fastdrag-method.md sections 2-4, used as test oracles.
+"""Straightforward loop implementations of docs/method.md sections 2-4, used as test oracles.
 
 They are written from the spec, one pixel at a time, in float32 and in the spec's order of
 operations, and share no code with ``warpage.py``.

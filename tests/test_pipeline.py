@@ -6,7 +6,7 @@ from diffusers.configuration_utils import FrozenDict
 from PIL import Image
 
 from fastdrag import StableDiffusionFastDragPipeline, attention_processors
-from fastdrag.attention_processors import KVBank, KVState, kv_shapes, up_block_self_attention_layers
+from fastdrag.attention_processors import KVBank, KVState, kv_shapes
 from fastdrag.inputs import image_to_latent_mask, image_to_latent_points
 from fastdrag.warpage import warp_latents
 from tiny_models import IMAGE_SIZE, tiny_components, tiny_image
@@ -19,6 +19,11 @@ def drag(pipe, **kwargs):
     args = dict(image=tiny_image(), handle_points=HANDLES, target_points=TARGETS, prompt="a cat")
     args.update(kwargs)
     return pipe(**args)
+
+
+def up_block_self_attention_layers(processor_names) -> list[str]:
+    """The layers FastDrag takes over, as the method names them: the up blocks' ``attn1``."""
+    return [name for name in processor_names if name.startswith("up_blocks.") and ".attn1." in name]
 
 
 def count_unet_calls(pipe) -> list:
