@@ -544,15 +544,18 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         body: Callable[..., torch.Tensor],
         inputs: dict[str, torch.Tensor],
         steps: int,
+        kv: tuple[KVState, dict] | None,
         graphs: GraphCache | None,
         key: tuple,
     ) -> torch.Tensor:
-        """``body(**inputs)`` eagerly with a progress bar, or replayed from a graph keyed by ``key``."""
-        with self.progress_bar(total=steps) as progress_bar:
+        """``body(**inputs)``, with the FastDrag processors installed when ``kv`` is given: eagerly
+        with a progress bar, or replayed from the graph for ``key`` and the models."""
+        attention = fastdrag_attention(self._unwrapped_unet, kv[1]) if kv is not None else contextlib.nullcontext()
+        with attention, self.progress_bar(total=steps) as progress_bar:
             if graphs is None:
                 return body(**inputs, on_step=progress_bar.update)
             # A graph's outputs are overwritten by its next replay: hand out a copy.
-            latents = graphs.run(key, body, inputs)[0].clone()
+            latents = graphs.run((*key, self._graph_signature()), body, inputs)[0].clone()
             progress_bar.update(steps)
             return latents
 
@@ -647,13 +650,10 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         kv: tuple[KVState, dict] | None,
         graphs: GraphCache | None,
     ) -> torch.Tensor:
-        """Run the inversion loop, with the FastDrag processors installed when ``kv`` is given."""
-        state, processors = kv if kv is not None else (None, None)
-        body = functools.partial(self._inversion_loop, steps=steps, kv=state)
+        """Run the inversion loop, recording keys/values when ``kv`` is given."""
+        body = functools.partial(self._inversion_loop, steps=steps, kv=kv[0] if kv is not None else None)
         inputs = {"latents": image_latents.to(self.unet.dtype), "prompt_embeds": prompt_embeds, "timesteps": timesteps}
-        key = ("inversion", self._graph_signature() if graphs is not None else None, tuple(steps), kv is not None)
-        with fastdrag_attention(self._unwrapped_unet, processors) if kv is not None else contextlib.nullcontext():
-            return self._run_loop(body, inputs, len(steps), graphs, key)
+        return self._run_loop(body, inputs, len(steps), kv, graphs, ("inversion", tuple(steps), kv is not None))
 
     def _sample_latents(
         self,
@@ -669,18 +669,17 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
     ) -> torch.Tensor:
         """Run the sampling loop, replaying the bank's keys/values when ``kv`` is given. A callback
         runs on the host between steps, so a call with one samples eagerly."""
-        state, processors = kv if kv is not None else (None, None)
         body = functools.partial(
-            self._sampling_loop, steps=steps, kv=state, callback_on_step_end=callback_on_step_end,
+            self._sampling_loop, steps=steps, kv=kv[0] if kv is not None else None,
+            callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
         inputs = {"latents": latents, "prompt_embeds": prompt_embeds, "timesteps": timesteps}
         if negative_embeds is not None:
             inputs["negative_embeds"] = negative_embeds
         graphs = graphs if callback_on_step_end is None else None
-        key = ("sampling", self._graph_signature() if graphs is not None else None, tuple(steps), kv is not None, self.guidance_scale)
-        with fastdrag_attention(self._unwrapped_unet, processors) if kv is not None else contextlib.nullcontext():
-            return self._run_loop(body, inputs, len(steps), graphs, key)
+        key = ("sampling", tuple(steps), kv is not None, self.guidance_scale)
+        return self._run_loop(body, inputs, len(steps), kv, graphs, key)
 
     def _warp(
         self,
