@@ -24,12 +24,13 @@ from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
 
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
 from diffusers.models import AutoencoderKL, UNet2DConditionModel
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from diffusers.schedulers import DDIMInverseScheduler, DDIMScheduler, SchedulerMixin
-from diffusers.utils import logging, replace_example_docstring
+from diffusers.utils import USE_PEFT_BACKEND, logging, replace_example_docstring, scale_lora_layers, unscale_lora_layers
 
 from .attention_processors import RECORD, REPLAY, KVBank, KVState, fastdrag_attention, fastdrag_processors, kv_shapes
 from .cuda_graphs import DEFAULT_MAX_GRAPHS, GraphCache
@@ -90,7 +91,7 @@ class FastDragInversion:
         kv_bank: the up blocks' self-attention keys/values, one slot per inversion step (a copy,
             on the device), or ``None`` when inverted with ``preserve_consistency=False``.
         prompt_embeds: ``(1, tokens, dim)`` conditional text embedding used for inversion.
-        prompt: the prompt text.
+        prompt: the prompt text, or ``None`` when inverted from ``prompt_embeds``.
         image_size: ``(height, width)`` of the image, in pixels.
         num_inference_steps, inversion_strength: the schedule it was made with.
         image_fingerprint: a digest of the image's values (see ``inputs.image_fingerprint``).
@@ -103,7 +104,7 @@ class FastDragInversion:
     timesteps: tuple[int, ...]
     kv_bank: KVBank | None
     prompt_embeds: torch.Tensor
-    prompt: str
+    prompt: str | None
     image_size: tuple[int, int]
     num_inference_steps: int
     inversion_strength: float
@@ -161,15 +162,24 @@ def inverse_scheduler_from(scheduler: DDIMScheduler) -> DDIMInverseScheduler:
     return DDIMInverseScheduler.from_config(_explicit_config(scheduler.config, DDIMInverseScheduler))
 
 
-class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
+class StableDiffusionFastDragPipeline(
+    DiffusionPipeline, StableDiffusionMixin, TextualInversionLoaderMixin, StableDiffusionLoraLoaderMixin
+):
     r"""
     FastDrag: one-step drag-based image editing with Stable Diffusion 1.x.
 
     This model inherits from [`DiffusionPipeline`]; see its documentation for the generic methods
-    (downloading, saving, running on a device, offloading, ...).
+    (downloading, saving, running on a device, offloading, ...). It also has the loading methods:
+        - [`~loaders.TextualInversionLoaderMixin.load_textual_inversion`] for textual inversion embeddings
+        - [`~loaders.StableDiffusionLoraLoaderMixin.load_lora_weights`] for LoRA weights (UNet and text encoder)
+        - [`~loaders.StableDiffusionLoraLoaderMixin.save_lora_weights`] for saving LoRA weights
+
+    Every component may be ``None`` for a pipeline that runs part of the work (say, text encoding
+    alone, as Diffusers' isolation tests do); a call needs the ones its work uses.
 
     Args:
-        vae ([`AutoencoderKL`]): encodes and decodes images to and from latents.
+        vae ([`AutoencoderKL`], or any Diffusers VAE: [`AutoencoderTiny`], [`AsymmetricAutoencoderKL`],
+            [`ConsistencyDecoderVAE`]): encodes and decodes images to and from latents.
         text_encoder ([`~transformers.CLIPTextModel`]): the frozen CLIP text encoder.
         tokenizer ([`~transformers.CLIPTokenizer`]): its tokenizer.
         unet ([`UNet2DConditionModel`]): the denoiser. An LCM-style UNet (with
@@ -178,8 +188,10 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
             to DDIM (with ``clip_sample=False`` unless set), as FastDrag samples with DDIM (eta = 0).
         safety_checker ([`StableDiffusionSafetyChecker`], *optional*): flags NSFW outputs.
         feature_extractor ([`~transformers.CLIPImageProcessor`], *optional*): for the safety checker.
-        inverse_scheduler ([`DDIMInverseScheduler`], *optional*): built from ``scheduler``'s config
-            when missing, ``steps_offset`` included.
+        inverse_scheduler ([`DDIMInverseScheduler`], *optional*): when ``None``, the call inverts with
+            one built from ``scheduler``'s config, ``steps_offset`` included
+            ([`~StableDiffusionFastDragPipeline.ddim_inverse_scheduler`]); it stays ``None``, and is
+            saved as such.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -204,9 +216,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
             raise ValueError(
                 "`feature_extractor` is required with a `safety_checker`; pass `safety_checker=None` to run without one."
             )
-        scheduler = ddim_scheduler_from(scheduler)
-        if inverse_scheduler is None:
-            inverse_scheduler = inverse_scheduler_from(scheduler)
+        scheduler = ddim_scheduler_from(scheduler) if scheduler is not None else None
         self.register_modules(
             vae=vae,
             text_encoder=text_encoder,
@@ -217,7 +227,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
             feature_extractor=feature_extractor,
             inverse_scheduler=inverse_scheduler,
         )
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.register_to_config(requires_safety_checker=requires_safety_checker)
         self._interrupt = False
@@ -231,6 +241,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         self._kv_processors_key: tuple | None = None
         self._cuda_graphs: GraphCache | None = None
         self._warned_eager = False
+        self._derived_inverse: tuple[Any, DDIMInverseScheduler] | None = None
 
     @classmethod
     def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs) -> "StableDiffusionFastDragPipeline":
@@ -271,6 +282,17 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
     def disable_cuda_graphs(self) -> None:
         """Go back to eager execution and free the captured graphs."""
         self._cuda_graphs = None
+
+    @property
+    def ddim_inverse_scheduler(self) -> DDIMInverseScheduler:
+        """The scheduler inversion runs with: ``inverse_scheduler``, or, when that is ``None``, one
+        built from ``scheduler``'s config (kept until the scheduler or its config changes)."""
+        if self.inverse_scheduler is not None:
+            return self.inverse_scheduler
+        source = (self.scheduler, self.scheduler.config)
+        if self._derived_inverse is None or any(a is not b for a, b in zip(self._derived_inverse[0], source)):
+            self._derived_inverse = (source, inverse_scheduler_from(self.scheduler))
+        return self._derived_inverse[1]
 
     @property
     def guidance_scale(self) -> float:
@@ -325,6 +347,8 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         mask,
         prompt,
         negative_prompt,
+        prompt_embeds,
+        negative_prompt_embeds,
         num_inference_steps,
         inversion_strength,
         guidance_scale,
@@ -338,13 +362,14 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         """Raise ``ValueError`` or ``TypeError`` on anything a caller can get wrong, before any model runs."""
         if image is None and inversion is None:
             raise ValueError("`image` is required unless `inversion` (from `pipe.invert`) is given")
+        self.check_prompt(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, inversion is not None)
         if inversion is not None:
-            self.check_inversion(inversion, image, prompt, num_inference_steps, inversion_strength, preserve_consistency)
+            self.check_inversion(
+                inversion, image, prompt, prompt_embeds, num_inference_steps, inversion_strength, preserve_consistency
+            )
             size = inversion.image_size
         else:
             size = self.check_image(image)
-        check_text(prompt, "prompt")
-        check_text(negative_prompt, "negative_prompt")
         self.check_schedule(
             DEFAULT_STEPS if num_inference_steps is None else num_inference_steps,
             DEFAULT_STRENGTH if inversion_strength is None else inversion_strength,
@@ -368,6 +393,31 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
                 f"got {callback_on_step_end_tensor_inputs}"
             )
 
+    def check_prompt(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, cached: bool = False) -> None:
+        """Texts are strings; each may be given as text or as embeddings, not both; embeddings are
+        ``(1, tokens, dim)`` tensors; without a text encoder only embeddings will do."""
+        check_text(prompt, "prompt")
+        check_text(negative_prompt, "negative_prompt")
+        for text, name, embeds in (
+            (prompt, "prompt", prompt_embeds), (negative_prompt, "negative_prompt", negative_prompt_embeds)
+        ):
+            if text is not None and embeds is not None:
+                raise ValueError(f"Cannot forward both `{name}` and `{name}_embeds`: give one of them")
+            if embeds is not None and (not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or embeds.shape[0] != 1):
+                raise ValueError(
+                    f"`{name}_embeds` must be a (1, tokens, dim) tensor (one image), got "
+                    f"{tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__}"
+                )
+        if prompt_embeds is not None and negative_prompt_embeds is not None and (
+            prompt_embeds.shape != negative_prompt_embeds.shape
+        ):
+            raise ValueError(
+                "`prompt_embeds` and `negative_prompt_embeds` must have the same shape, got "
+                f"{tuple(prompt_embeds.shape)} and {tuple(negative_prompt_embeds.shape)}"
+            )
+        if prompt_embeds is None and not cached and (self.text_encoder is None or self.tokenizer is None):
+            raise ValueError("this pipeline has no text encoder or tokenizer: pass `prompt_embeds`")
+
     def check_schedule(self, num_inference_steps, inversion_strength) -> int:
         """Validate the schedule against the schedulers; return the number of inversion steps.
 
@@ -378,7 +428,9 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         self.timesteps_for(int(num_inference_steps), steps)
         return steps
 
-    def check_inversion(self, inversion, image, prompt, num_inference_steps, inversion_strength, preserve_consistency):
+    def check_inversion(
+        self, inversion, image, prompt, prompt_embeds, num_inference_steps, inversion_strength, preserve_consistency
+    ):
         """``inversion`` must come from :meth:`invert` of this pipeline's models and agree with the call."""
         if not isinstance(inversion, FastDragInversion):
             raise TypeError(f"`inversion` must come from `pipe.invert(...)`, got {type(inversion).__name__}")
@@ -398,6 +450,10 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         ):
             if given is not None and given != own:
                 raise ValueError(f"`{name}`={given!r} differs from the inversion's {own!r}: leave it out, or invert again")
+        if prompt_embeds is not None and not torch.equal(
+            prompt_embeds.to(inversion.prompt_embeds), inversion.prompt_embeds
+        ):
+            raise ValueError("`prompt_embeds` differ from the inversion's: leave them out, or invert again")
         if preserve_consistency and inversion.kv_bank is None:
             raise ValueError(
                 "`inversion` holds no keys/values (made with preserve_consistency=False); "
@@ -424,8 +480,9 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         Raises ``ValueError`` unless sampling visits exactly the inversion's timesteps in reverse.
         """
         self.scheduler.set_timesteps(num_inference_steps)
-        self.inverse_scheduler.set_timesteps(num_inference_steps)
-        inversion = [int(t) for t in self.inverse_scheduler.timesteps[:steps]]
+        inverse_scheduler = self.ddim_inverse_scheduler
+        inverse_scheduler.set_timesteps(num_inference_steps)
+        inversion = [int(t) for t in inverse_scheduler.timesteps[:steps]]
         sampling = [int(t) for t in self.scheduler.timesteps[-steps:]]
         if sampling != inversion[::-1]:
             raise ValueError(
@@ -458,22 +515,93 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
     # Models
     # ----------------------------------------------------------------------------------------
 
-    def encode_prompt(self, prompt: str, device: torch.device) -> torch.Tensor:
-        """``(1, tokens, dim)`` CLIP embedding of ``prompt``."""
-        ids = self.tokenizer(
-            prompt,
+    def encode_prompt(
+        self,
+        prompt: str | None,
+        device: torch.device,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = False,
+        negative_prompt: str | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
+        clip_skip: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        r"""
+        Encode the prompt (and, under guidance, the negative prompt) into text encoder hidden states.
+
+        Args:
+            prompt (`str`, *optional*): the text; ``None`` with ``prompt_embeds``.
+            device (`torch.device`): where the embeddings go.
+            num_images_per_prompt (`int`): copies along the batch (FastDrag itself uses 1).
+            do_classifier_free_guidance (`bool`): also return the negative embedding.
+            negative_prompt (`str`, *optional*): the unconditional text; "" when not given.
+            prompt_embeds, negative_prompt_embeds (`torch.Tensor`, *optional*): ready embeddings,
+                used as they are instead of encoding the text.
+            lora_scale (`float`, *optional*): scale of the text encoder's LoRA layers, if any.
+            clip_skip (`int`, *optional*): layers skipped from the end of CLIP (1: the pre-final one).
+
+        Returns:
+            `(prompt_embeds, negative_prompt_embeds)`: ``(num_images_per_prompt, tokens, dim)`` each;
+            the negative one is ``None`` without guidance.
+        """
+        scaled = lora_scale is not None and USE_PEFT_BACKEND and self.text_encoder is not None
+        if scaled:
+            self._lora_scale = lora_scale
+            scale_lora_layers(self.text_encoder, lora_scale)
+        try:
+            if prompt_embeds is None:
+                prompt_embeds = self._encode_text(prompt or "", device, clip_skip)
+            if do_classifier_free_guidance and negative_prompt_embeds is None:
+                negative_prompt_embeds = self._encode_text(negative_prompt or "", device, None, prompt_embeds.shape[1])
+        finally:
+            if scaled:
+                unscale_lora_layers(self.text_encoder, lora_scale)
+        dtype = next((m.dtype for m in (self.text_encoder, self.unet) if m is not None), prompt_embeds.dtype)
+        prompt_embeds = prompt_embeds.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, 0)
+        if not do_classifier_free_guidance:
+            return prompt_embeds, None
+        negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=dtype)
+        return prompt_embeds, negative_prompt_embeds.repeat_interleave(num_images_per_prompt, 0)
+
+    def _encode_text(
+        self, text: str, device: torch.device, clip_skip: int | None, max_length: int | None = None
+    ) -> torch.Tensor:
+        """``(1, tokens, dim)`` CLIP hidden states of one text, textual inversion tokens expanded."""
+        text = self.maybe_convert_prompt(text, self.tokenizer)
+        tokens = self.tokenizer(
+            text,
             padding="max_length",
-            max_length=self.tokenizer.model_max_length,
+            max_length=max_length or self.tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
-        ).input_ids
-        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
-        return self.text_encoder(to_device(ids, device))[0].to(device=device, dtype=dtype)
+        )
+        use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
+        mask = to_device(tokens.attention_mask, device) if use_mask else None
+        output = self.text_encoder(to_device(tokens.input_ids, device), attention_mask=mask,
+                                   output_hidden_states=clip_skip is not None)
+        if clip_skip is None:
+            return output[0]
+        # The final layer norm still applies to the earlier layer, as in Stable Diffusion's pipelines.
+        return self.text_encoder.text_model.final_layer_norm(output[-1][-(clip_skip + 1)])
 
     def encode_image(self, image: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """``(1, 3, H, W)`` in [0, 1] -> scaled latent mean ``(1, C, H / f, W / f)``: deterministic."""
+        """``(1, 3, H, W)`` in [0, 1] -> the scaled latent ``(1, C, H / f, W / f)``: deterministic.
+
+        Any Diffusers VAE: the mode (mean) of a latent distribution, or the latents a VAE such as
+        ``AutoencoderTiny`` returns directly.
+        """
         pixels = self.image_processor.normalize(image).to(device=device, dtype=self.vae.dtype)
-        return self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
+        encoded = self.vae.encode(pixels)
+        latents = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latents
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return (latents - shift) * self.vae.config.scaling_factor
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> ``(B, 3, H, W)`` images in [-1, 1], the inverse of :meth:`encode_image`."""
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + shift
+        return self.vae.decode(latents, return_dict=False)[0]
 
     def run_safety_checker(self, image: torch.Tensor, device: torch.device, dtype: torch.dtype):
         if self.safety_checker is None:
@@ -536,7 +664,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
             tuple(p.data_ptr() for p in unet.parameters()),
             tuple(map(id, unet.attn_processors.values())),
             id(self.scheduler),
-            id(self.inverse_scheduler),
+            id(self.ddim_inverse_scheduler),
         )
 
     def _run_loop(
@@ -573,11 +701,12 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         recording the keys/values of step ``i`` into the bank's slot ``i``."""
         if kv is not None:
             kv.mode = RECORD
+        inverse_scheduler = self.ddim_inverse_scheduler
         for i, t in enumerate(steps):
             if kv is not None:
                 kv.step.fill_(i)
             noise_pred = self.unet(latents, timesteps[i], encoder_hidden_states=prompt_embeds, return_dict=False)[0]
-            latents = self.inverse_scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+            latents = inverse_scheduler.step(noise_pred, t, latents, return_dict=False)[0]
             if on_step is not None:
                 on_step()
         return latents
@@ -725,38 +854,41 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         return inversion.latents.to(device)
 
     def _prompt_embeddings(
-        self, prompt: str, negative_prompt: str | None, inversion: FastDragInversion | None, device
+        self,
+        prompt: str | None,
+        negative_prompt: str | None,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        device: torch.device,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The prompt's embedding (a cached inversion's own), and the negative one under guidance."""
-        prompt_embeds = inversion.prompt_embeds.to(device) if inversion is not None else None
-        negative_embeds = None
-        if prompt_embeds is None or self.do_classifier_free_guidance:
-            with self._phase("text"):
-                if prompt_embeds is None:
-                    prompt_embeds = self.encode_prompt(prompt, device)
-                if self.do_classifier_free_guidance:
-                    negative_embeds = self.encode_prompt(negative_prompt or "", device)
-        return prompt_embeds, negative_embeds
+        """:meth:`encode_prompt` for one image, timed as the text phase when it encodes anything."""
+        guided = self.do_classifier_free_guidance
+        encodes = prompt_embeds is None or (guided and negative_prompt_embeds is None)
+        with self._phase("text") if encodes else contextlib.nullcontext():
+            return self.encode_prompt(prompt, device, 1, guided, negative_prompt, prompt_embeds, negative_prompt_embeds)
 
     @torch.no_grad()
     def invert(
         self,
         image,
-        prompt: str | None = "",
+        prompt: str | None = None,
         num_inference_steps: int = DEFAULT_STEPS,
         inversion_strength: float = DEFAULT_STRENGTH,
         preserve_consistency: bool = True,
+        prompt_embeds: torch.Tensor | None = None,
     ) -> FastDragInversion:
         """Encode and DDIM-invert ``image`` once, recording the self-attention keys/values.
 
         Pass the result as ``inversion=`` to the pipeline call to drag the same image again and
         again: each drag then costs only the warp and the sampling half. It belongs to this
-        pipeline's weights and dtype: a call that would mix it with others raises.
+        pipeline's weights and dtype: a call that would mix it with others raises. ``prompt``
+        (default "") or ``prompt_embeds`` conditions it, as in the call.
         """
         size = self.check_image(image)
-        check_text(prompt, "prompt")
+        self.check_prompt(prompt, None, prompt_embeds, None)
         steps = self.check_schedule(num_inference_steps, inversion_strength)
-        prompt, num_inference_steps = prompt or "", int(num_inference_steps)
+        prompt = None if prompt_embeds is not None else prompt or ""
+        num_inference_steps = int(num_inference_steps)
         inversion_steps, _ = self.timesteps_for(num_inference_steps, steps)
 
         device = self._execution_device
@@ -765,8 +897,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         pixels, timesteps = to_device(pixels, device), to_device(torch.tensor(inversion_steps), device)
         kv = self._kv_for(device, self.latent_size(size), steps) if preserve_consistency else None
         graphs = self._graphs_for(device)
-        with self._phase("text"):
-            prompt_embeds = self.encode_prompt(prompt, device)
+        prompt_embeds, _ = self._prompt_embeddings(prompt, None, prompt_embeds, None, device)
         image_latents, latents = self._encode_and_invert(pixels, prompt_embeds, timesteps, inversion_steps, kv, graphs)
         self.maybe_free_model_hooks()
         return FastDragInversion(
@@ -801,6 +932,8 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         inversion_strength: float | None = None,
         guidance_scale: float = 1.0,
         negative_prompt: str | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
         fill: str = DEFAULT_FILL,
         preserve_consistency: bool = True,
         inversion: FastDragInversion | None = None,
@@ -839,6 +972,9 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
             guidance_scale (`float`, defaults to 1.0): classifier-free guidance while sampling, in
                 [0, 100]; 1.0 (the method's default) or less turns it off. Inversion never uses guidance.
             negative_prompt (`str`, *optional*): the unconditional text when guidance is on.
+            prompt_embeds (`torch.Tensor`, *optional*): ``(1, tokens, dim)`` text embedding to use
+                instead of ``prompt`` (prompt weighting, ...).
+            negative_prompt_embeds (`torch.Tensor`, *optional*): the same for ``negative_prompt``.
             fill (`str`, defaults to `"bnni"`): how the pixels left empty by the warp are filled:
                 `"bnni"`, `"original"`, `"zeros"` or `"noise"`.
             preserve_consistency (`bool`, defaults to `True`): replay the self-attention keys and
@@ -863,20 +999,19 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
 
         # 1. Check inputs. Raise error if not correct, before any model runs.
         self.check_inputs(
-            image, handle_points, target_points, mask, prompt, negative_prompt, num_inference_steps,
-            inversion_strength, guidance_scale, fill, preserve_consistency, inversion, generator, output_type,
-            callback_on_step_end_tensor_inputs,
+            image, handle_points, target_points, mask, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+            num_inference_steps, inversion_strength, guidance_scale, fill, preserve_consistency, inversion, generator,
+            output_type, callback_on_step_end_tensor_inputs,
         )
 
         # 2. Define call parameters: a cached inversion brings its image size, prompt and schedule.
         if inversion is not None:
             image, size = None, inversion.image_size
-            prompt, num_inference_steps, inversion_strength = (
-                inversion.prompt, inversion.num_inference_steps, inversion.inversion_strength
+            prompt_embeds, num_inference_steps, inversion_strength = (
+                inversion.prompt_embeds, inversion.num_inference_steps, inversion.inversion_strength
             )
         else:
             size = image_size(image)
-        prompt = prompt or ""
         num_inference_steps = int(DEFAULT_STEPS if num_inference_steps is None else num_inference_steps)
         steps = round(float(DEFAULT_STRENGTH if inversion_strength is None else inversion_strength) * num_inference_steps)
         inversion_steps, sampling_steps = self.timesteps_for(num_inference_steps, steps)
@@ -893,7 +1028,9 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         graphs = self._graphs_for(device)
 
         # 4. Encode input prompt.
-        prompt_embeds, negative_embeds = self._prompt_embeddings(prompt, negative_prompt, inversion, device)
+        prompt_embeds, negative_embeds = self._prompt_embeddings(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, device
+        )
 
         # 5. Encode the image and invert it, recording keys/values; or load the cached inversion.
         if inversion is None:
@@ -915,7 +1052,7 @@ class StableDiffusionFastDragPipeline(DiffusionPipeline, StableDiffusionMixin):
         # 8. Decode and post-process.
         if output_type != "latent":
             with self._phase("decode"):
-                image = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+                image = self._decode(latents)
                 image, has_nsfw_concept = self.run_safety_checker(image, device, prompt_embeds.dtype)
                 do_denormalize = [True] * image.shape[0] if has_nsfw_concept is None else [not n for n in has_nsfw_concept]
                 image = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=do_denormalize)

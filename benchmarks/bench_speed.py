@@ -160,7 +160,7 @@ def time_floor(pipe, inputs, args, device, graphed: bool) -> dict[str, float]:
     inversion_steps, sampling_steps = pipe.timesteps_for(args.steps, steps)
     timings = {}
     with Clock(device) as clock:
-        embeds = pipe.encode_prompt(args.prompt, device)
+        embeds = pipe.encode_prompt(args.prompt, device)[0]
     timings["text"] = clock.seconds
     with Clock(device) as clock:
         latents = pipe.encode_image(image, device).to(pipe.unet.dtype)

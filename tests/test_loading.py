@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import DiffusionPipeline, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import DDIMInverseScheduler, DiffusionPipeline, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import dynamic_modules_utils
 
 import fastdrag
@@ -46,7 +46,7 @@ def test_installed_package_import():
 
 def test_from_pretrained_of_a_stable_diffusion_folder(sd_dir):
     pipe = StableDiffusionFastDragPipeline.from_pretrained(sd_dir)
-    assert type(pipe.scheduler).__name__ == "DDIMScheduler" and pipe.inverse_scheduler.config.steps_offset == 1
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler" and pipe.ddim_inverse_scheduler.config.steps_offset == 1
     assert run(pipe).shape == (1, 32, 32, 3)
 
 
@@ -97,8 +97,17 @@ def test_from_pipe_shares_components_and_keeps_dtype(sd_dir):
 def test_save_pretrained_and_reload(sd_dir, tmp_path):
     pipe = StableDiffusionFastDragPipeline.from_pretrained(sd_dir)
     pipe.save_pretrained(tmp_path / "saved")
-    assert (tmp_path / "saved" / "inverse_scheduler" / "scheduler_config.json").exists()
+    # No inverse scheduler was given: none is saved, and the reloaded pipeline derives the same one.
+    assert not (tmp_path / "saved" / "inverse_scheduler").exists()
     reloaded = StableDiffusionFastDragPipeline.from_pretrained(tmp_path / "saved")
+    assert reloaded.inverse_scheduler is None and reloaded.ddim_inverse_scheduler.config.steps_offset == 1
+    np.testing.assert_array_equal(run(pipe), run(reloaded))
+
+    # One that was given is saved and comes back.
+    pipe.register_modules(inverse_scheduler=DDIMInverseScheduler.from_config(dict(pipe.ddim_inverse_scheduler.config)))
+    pipe.save_pretrained(tmp_path / "with-inverse")
+    assert (tmp_path / "with-inverse" / "inverse_scheduler" / "scheduler_config.json").exists()
+    reloaded = StableDiffusionFastDragPipeline.from_pretrained(tmp_path / "with-inverse")
     assert reloaded.inverse_scheduler.config.steps_offset == 1
     np.testing.assert_array_equal(run(pipe), run(reloaded))
 

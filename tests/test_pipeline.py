@@ -97,7 +97,8 @@ def test_inverse_scheduler_keeps_a_patched_steps_offset():
     assert DDIMInverseScheduler.from_config(scheduler.config).config.steps_offset == 0  # the trap itself
 
     pipe = StableDiffusionFastDragPipeline(**tiny_components(scheduler=scheduler))
-    assert pipe.inverse_scheduler.config.steps_offset == 1
+    assert pipe.inverse_scheduler is None  # derived at call time from the scheduler
+    assert pipe.ddim_inverse_scheduler.config.steps_offset == 1
     assert pipe.timesteps_for(10, 7)[0] == [1, 101, 201, 301, 401, 501, 601]
 
 
@@ -110,7 +111,7 @@ def test_sd15_pndm_scheduler_is_converted_to_ddim():
     assert isinstance(pipe.scheduler, DDIMScheduler)
     assert pipe.scheduler.config.steps_offset == 1
     assert pipe.scheduler.config.clip_sample is False and pipe.scheduler.config.set_alpha_to_one is False
-    assert pipe.inverse_scheduler.config.set_alpha_to_one is False
+    assert pipe.ddim_inverse_scheduler.config.set_alpha_to_one is False
 
 
 def test_disagreeing_inverse_scheduler_is_rejected_before_any_unet_call(pipe):
