@@ -32,7 +32,7 @@ import torch.nn.functional as F
 DEFAULT_STEPS = 10
 DEFAULT_STRENGTH = 0.7
 
-PointsLike = torch.Tensor | np.ndarray | Sequence[Sequence[float]]
+ImagePointsLike = torch.Tensor | np.ndarray | Sequence[Sequence[float]]
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _WHITE = (255, 255, 255)
@@ -287,7 +287,7 @@ def mask_to_tensor(mask, size: tuple[int, int]) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def as_points(points: PointsLike, name: str) -> torch.Tensor:
+def as_image_points(points: ImagePointsLike, name: str) -> torch.Tensor:
     """``points`` as a ``(K, 2)`` float32 tensor; raises ``ValueError`` naming ``name``."""
     try:
         tensor = torch.as_tensor(points.detach() if isinstance(points, torch.Tensor) else np.asarray(points, np.float64))
@@ -308,7 +308,7 @@ def check_drag_points(handle_points, target_points, image_size: tuple[int, int])
     float32 tensors of image ``(x, y)``. Inside means ``0 <= x < W`` and ``0 <= y < H``."""
     if handle_points is None or target_points is None:
         raise ValueError("`handle_points` and `target_points` are required: give at least one drag")
-    handles, targets = as_points(handle_points, "handle_points"), as_points(target_points, "target_points")
+    handles, targets = as_image_points(handle_points, "handle_points"), as_image_points(target_points, "target_points")
     if handles.shape[0] == 0:
         raise ValueError("`handle_points` is empty: give at least one drag (K >= 1)")
     if handles.shape != targets.shape:
@@ -335,10 +335,10 @@ def check_drag_points(handle_points, target_points, image_size: tuple[int, int])
 # --------------------------------------------------------------------------------------------
 
 
-def image_to_latent_points(points_xy: PointsLike, scale: int) -> torch.Tensor:
+def image_to_latent_points(points_xy: ImagePointsLike, scale: int) -> torch.Tensor:
     """Image ``(x, y)`` pixels ``(K, 2)`` -> latent ``(row, col) = (y, x) / scale`` floats (no rounding),
     a float32 tensor on the CPU."""
-    return as_points(points_xy, "points_xy").flip(-1) / float(scale)
+    return as_image_points(points_xy, "points_xy").flip(-1) / float(scale)
 
 
 def image_to_latent_mask(mask: torch.Tensor, scale: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ This module imports nothing relative, so Diffusers can copy it beside a local
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -346,7 +346,7 @@ def test_the_pipelines_siblings_import_no_sibling_and_warpage_is_latent_math():
         if isinstance(node, (ast.Import, ast.ImportFrom))
         for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
     }
-    assert imported == {"__future__", "functools", "typing", "torch"}
+    assert imported == {"__future__", "collections", "functools", "torch"}
 
 
 def test_call_reads_top_to_bottom_in_numbered_steps():

@@ -1,0 +1,86 @@
+"""The one-file community pipeline: generated, never stale, and loadable as Diffusers loads
+``custom_pipeline="fastdrag"``."""
+
+import ast
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from diffusers import DiffusionPipeline, StableDiffusionPipeline
+from diffusers.utils import dynamic_modules_utils
+
+import fastdrag
+from fastdrag import StableDiffusionFastDragPipeline
+from tiny_models import tiny_components, tiny_image
+
+ROOT = Path(fastdrag.__file__).resolve().parent
+COMMUNITY = ROOT / "community" / "fastdrag.py"
+TOOL = ROOT / "tools" / "make_community_pipeline.py"
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("make_community_pipeline", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_community_file_is_not_stale():
+    # Diffusers' `make fix-copies` check, for our one-file pipeline: rerun the tool after any change.
+    assert COMMUNITY.read_text() == load_tool().render(), "run: python tools/make_community_pipeline.py"
+    done = subprocess.run([sys.executable, str(TOOL), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_community_file_stands_alone_with_one_pipeline_class():
+    tree = ast.parse(COMMUNITY.read_text())
+    assert not [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level]
+    assert not [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fastdrag")]
+    classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+    assert "StableDiffusionFastDragPipeline" in classes
+    assert dynamic_modules_utils.get_relative_imports(str(COMMUNITY)) == []
+
+
+def test_custom_pipeline_fastdrag_loads_the_community_file_as_diffusers_does(tmp_path, monkeypatch):
+    model = tmp_path / "sd"
+    StableDiffusionPipeline(**tiny_components()).save_pretrained(model)
+    fetched = []
+
+    def community_mirror(repo_id, filename, repo_type=None, **kwargs):
+        # Diffusers asks its community mirror (a dataset repo) for "<revision>/<name>.py".
+        assert repo_id == dynamic_modules_utils.COMMUNITY_PIPELINES_MIRROR_ID and repo_type == "dataset"
+        fetched.append(filename)
+        assert filename.endswith("/fastdrag.py")
+        return str(COMMUNITY)
+
+    monkeypatch.setattr(dynamic_modules_utils, "hf_hub_download", community_mirror)
+    monkeypatch.setattr(dynamic_modules_utils, "get_diffusers_versions", lambda: ["0.42.1"])
+    monkeypatch.chdir(tmp_path)  # no local folder named "fastdrag"
+    pipe = DiffusionPipeline.from_pretrained(model, custom_pipeline="fastdrag")
+    assert fetched == ["v0.42.1/fastdrag.py"]
+    assert type(pipe).__name__ == "StableDiffusionFastDragPipeline"
+    assert type(pipe).__module__.startswith("diffusers_modules.")
+    package = StableDiffusionFastDragPipeline.from_pretrained(model)
+    for pipeline in (pipe, package):
+        pipeline.set_progress_bar_config(disable=True)
+    args = dict(handle_points=[(10, 12)], target_points=[(16, 12)], prompt="a cat", output_type="np")
+    np.testing.assert_array_equal(pipe(tiny_image(), **args).images, package(tiny_image(), **args).images)
+
+
+def test_the_community_file_as_a_hub_repos_pipeline_py(tmp_path, monkeypatch):
+    import types
+
+    model = tmp_path / "sd"
+    StableDiffusionPipeline(**tiny_components()).save_pretrained(model)
+
+    def hub(repo_id, filename, **kwargs):
+        assert repo_id == "someone/fastdrag" and filename == "pipeline.py"
+        return str(COMMUNITY)
+
+    monkeypatch.setattr(dynamic_modules_utils, "hf_hub_download", hub)
+    monkeypatch.setattr(dynamic_modules_utils, "model_info", lambda *a, **k: types.SimpleNamespace(sha="0" * 40))
+    monkeypatch.chdir(tmp_path)
+    pipe = DiffusionPipeline.from_pretrained(model, custom_pipeline="someone/fastdrag", trust_remote_code=True)
+    assert type(pipe).__name__ == "StableDiffusionFastDragPipeline"
