@@ -5,8 +5,9 @@
 2. Click a handle, then its target, as many times as you like: numbered arrows are drawn, and the
    pixel-space preview (:func:`warpage.preview_drag`) follows at once. Undo and Clear fix mistakes.
 3. Run shows the edit beside the original, with the time of each phase. Another Run on the same
-   image (and prompt, steps, strength, consistency) reuses the cached inversion: only the warp,
-   sampling and decoding run.
+   image (and prompt, steps, strength, consistency), from any tab, reuses the cached inversion:
+   only the warp, sampling and decoding run. Inversions are kept server-wide, least recently used
+   evicted first past a byte budget (``fastdrag app --cache``).
 
 The handlers are plain functions of a per-browser-session :class:`Session`, tested without a
 browser; :func:`build_app` wires them to Gradio components.
@@ -16,6 +17,7 @@ browser; :func:`build_app` wires them to Gradio components.
 import hashlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +31,7 @@ from .warpage import DEFAULT_FILL, FILL_MODES
 
 DEFAULT_MAX_SIDE = 512
 DEFAULT_FACTOR = 8
+DEFAULT_CACHE_MIB = 2048  # about ten SD 1.5 inversions at 512x512 in fp16
 VIEW_SIDE = 512  # smaller images are shown enlarged by an integer factor up to this
 ADVANCED_DEFAULTS = {"prompt": "", "steps": DEFAULT_STEPS, "strength": DEFAULT_STRENGTH, "fill": DEFAULT_FILL,
                      "consistency": True}
@@ -82,15 +85,10 @@ class Session:
     image: np.ndarray | None = None  # (H, W, 3) uint8, already resized
     mask: np.ndarray | None = None  # (H, W) bool, or None for the whole image
     points: list[tuple[int, int]] = field(default_factory=list)
-    cache_key: tuple | None = None
-    inversion: Any = None  # FastDragInversion for cache_key
 
     @property
     def drags(self) -> list[tuple[tuple[int, int], tuple[int, int]]]:
         return list(zip(self.points[0::2], self.points[1::2]))
-
-    def forget_inversion(self) -> None:
-        self.cache_key = self.inversion = None
 
 
 def view_zoom(image: np.ndarray) -> int:
@@ -150,7 +148,7 @@ def editor_background(value: Any) -> np.ndarray | None:
 def load_editor_value(session: Session, value: Any, max_side: int, factor: int) -> Session:
     """A new editor value (upload or brush stroke): the image resized, the mask read from the brush.
 
-    A different image drops the points and the cached inversion; painting keeps them.
+    A different image drops the points; painting keeps them.
     """
     background = editor_background(value)
     if background is None:
@@ -186,11 +184,53 @@ def clear_points(session: Session) -> Session:
     return session
 
 
-class PipelineHolder:
-    """Loads the pipeline on first use, once, and remembers a failure to report it in the page."""
+class InversionCache:
+    """The server's cached inversions, keyed by image, prompt, steps, strength and consistency.
 
-    def __init__(self, load: Callable[[], Any]):
+    Shared by every tab. Past ``budget`` bytes the least recently used are dropped, and with them
+    the memory they held (on the GPU too: the tensors go back to PyTorch's allocator).
+    """
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(inversion.nbytes for inversion in self._items.values())
+
+    def get(self, key: tuple):
+        with self._lock:
+            inversion = self._items.get(key)
+            if inversion is not None:
+                self._items.move_to_end(key)
+            return inversion
+
+    def put(self, key: tuple, inversion) -> None:
+        """Keep ``inversion``, evicting the least recently used until the budget holds; one larger
+        than the whole budget is not kept."""
+        with self._lock:
+            self._items.pop(key, None)
+            if inversion.nbytes > self.budget:
+                return
+            self._items[key] = inversion
+            total = sum(item.nbytes for item in self._items.values())
+            while total > self.budget:
+                _, evicted = self._items.popitem(last=False)
+                total -= evicted.nbytes
+
+
+class PipelineHolder:
+    """Loads the pipeline on first use, once, and remembers a failure to report it in the page.
+    It also holds the server's :class:`InversionCache` (``cache_mib`` MiB)."""
+
+    def __init__(self, load: Callable[[], Any], cache_mib: int = DEFAULT_CACHE_MIB):
         self._load, self._pipe, self._error, self._lock = load, None, None, threading.Lock()
+        self.inversions = InversionCache(cache_mib * 2**20)
 
     def get(self):
         with self._lock:
@@ -232,20 +272,20 @@ def run_edit(holder: PipelineHolder, session: Session, prompt: str, steps: int, 
     pipe = holder.get()
     steps, strength = int(steps), float(strength)
     key = (image_key(session.image), prompt, steps, strength, bool(consistency))
-    reused = session.cache_key == key and session.inversion is not None
+    inversion = holder.inversions.get(key)
+    reused = inversion is not None
     start = time.perf_counter()
     try:
         with pipe.timing_phases() as times:
-            if not reused:
-                session.forget_inversion()
-                session.inversion = pipe.invert(session.image, prompt=prompt, num_inference_steps=steps,
-                                                inversion_strength=strength, preserve_consistency=bool(consistency))
-                session.cache_key = key
+            if inversion is None:
+                inversion = pipe.invert(session.image, prompt=prompt, num_inference_steps=steps,
+                                        inversion_strength=strength, preserve_consistency=bool(consistency))
+                holder.inversions.put(key, inversion)
             out = pipe(
                 handle_points=[d[0] for d in session.drags],
                 target_points=[d[1] for d in session.drags],
                 mask=session.mask,
-                inversion=session.inversion,
+                inversion=inversion,
                 fill=fill,
                 preserve_consistency=bool(consistency),
                 output_type="np",
@@ -291,13 +331,16 @@ def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE):
         return views(add_point(session, x // zoom, y // zoom))
 
     def on_run(session: Session, prompt, steps, strength, fill, consistency):
+        # The session is read, never written back: an upload or a click made while this Run works
+        # must survive it.
+        image = session.image
         try:
             result = run_edit(holder, session, prompt, steps, strength, fill, consistency)
         except AppError as error:
-            return session, gr.skip(), gr.skip(), f"**Error:** {error}"
+            return gr.skip(), gr.skip(), f"**Error:** {error}"
         except Exception as error:  # noqa: BLE001 - the page shows one line; the app keeps running
-            return session, gr.skip(), gr.skip(), f"**Error:** unexpected {type(error).__name__}: {error}"
-        return session, session.image, result.image, result.status()
+            return gr.skip(), gr.skip(), f"**Error:** unexpected {type(error).__name__}: {error}"
+        return image, result.image, result.status()
 
     def on_use_as_input(result):
         if result is None:
@@ -345,7 +388,7 @@ def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE):
         points.select(on_click, [session], outputs)
         undo.click(lambda s: views(undo_point(s)), [session], outputs)
         clear.click(lambda s: views(clear_points(s)), [session], outputs)
-        run.click(on_run, [session, prompt, steps, strength, fill, consistency], [session, original, result, status])
+        run.click(on_run, [session, prompt, steps, strength, fill, consistency], [original, result, status])
         use.click(on_use_as_input, [result], [editor, *outputs])
     return demo
 

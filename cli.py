@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
+from .app import DEFAULT_CACHE_MIB, DEFAULT_MAX_SIDE
 from .frontend import draw_arrows, first_line, format_phases, preview_drag
 from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH
 from .warpage import DEFAULT_FILL, FILL_MODES
@@ -54,14 +56,40 @@ def open_image(path: str):
         raise UsageError(f"cannot read image {path}: {error}") from error
 
 
-def run_preview(args) -> None:
+def check_output(path: str) -> None:
+    """``-o``: its folder exists and is writable, and its extension names an image format PIL writes."""
+    from PIL import Image
+
+    target = Path(path)
+    folder = target.parent
+    if not folder.is_dir():
+        raise UsageError(f"-o {path}: no such folder {folder}")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"-o {path}: cannot write in {folder}")
+    if target.suffix.lower() not in Image.registered_extensions():
+        raise UsageError(f"-o {path}: unknown image format {target.suffix or '(no extension)'!r}; use .png, .jpg, .webp, ...")
+
+
+def read_inputs(args):
+    """``(image, mask, handles, targets, size)`` from the command line, checked without a model."""
+    from .inputs import check_drag_points, check_image, mask_to_tensor
+
     image = open_image(args.image)
     mask = open_image(args.mask) if args.mask else None
     handles, targets = [d[0] for d in args.drag], [d[1] for d in args.drag]
     try:
-        out = preview_drag(image, mask, handles, targets)
-    except ValueError as error:
+        size = check_image(image)
+        check_drag_points(handles, targets, size)
+        mask_to_tensor(mask, size)
+    except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from error
+    return image, mask, handles, targets, size
+
+
+def run_preview(args) -> None:
+    check_output(args.output)
+    image, mask, handles, targets, _ = read_inputs(args)
+    out = preview_drag(image, mask, handles, targets)
     if args.arrows:
         out = draw_arrows(out, args.drag)
     out.save(args.output)
@@ -69,13 +97,61 @@ def run_preview(args) -> None:
 
 
 def pick_device_and_dtype(device: str, dtype: str):
+    """``--device`` and ``--dtype`` resolved (``auto``: CUDA in fp16 when there is one, else the CPU
+    in fp32); a device this torch cannot use is a :class:`UsageError`."""
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device!r} is not a device torch knows (cpu, cuda, cuda:1, mps, ...)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: this torch has no CUDA (a CPU build, or no GPU visible); use --device cpu")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s)")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available on this machine; use --device cpu")
     if dtype == "auto":
-        dtype = "float16" if device.startswith("cuda") else "float32"
-    return torch.device(device), getattr(torch, dtype)
+        dtype = "float16" if resolved.type == "cuda" else "float32"
+    return resolved, getattr(torch, dtype)
+
+
+def looks_like_a_path(name: str) -> bool:
+    """A model name that can only be a folder (a Hub id is ``owner/name``)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
+
+
+def why_not_loaded(name: str, error: BaseException) -> str:
+    """One line saying why ``name`` could not be loaded, in terms a shell user can act on."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    chain, cause = [], error
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if looks_like_a_path(name) and not Path(name).expanduser().exists():
+        return f"cannot load model {name!r}: no such folder"
+    offline = any(isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)) for e in chain) or any(
+        word in str(e) for e in chain for word in ("offline", "local_files_only", "Cannot find the requested files")
+    )
+    if offline:
+        return (f"cannot load model {name!r}: it is not in the local Hugging Face cache and cannot be downloaded "
+                "(offline, or HF_HUB_OFFLINE=1); download it once with a connection, or pass a local folder")
+    text = first_line(error)
+    return f"cannot load model {name!r}: {text if len(text) <= 200 else text[:197] + '...'}"
+
+
+def vae_scale_factor_of(model: str) -> int | None:
+    """The VAE scale factor from ``model``'s VAE config alone (no weights), or None if it cannot be read."""
+    from diffusers import AutoencoderKL
+
+    try:
+        config = AutoencoderKL.load_config(model, subfolder="vae")
+    except Exception:  # noqa: BLE001 - then the model load reports it properly
+        return None
+    return 2 ** (len(config.get("block_out_channels", (0,) * 4)) - 1)
 
 
 def load_pipeline(model: str, unet: str | None, dtype):
@@ -83,14 +159,17 @@ def load_pipeline(model: str, unet: str | None, dtype):
 
     from .pipeline_fastdrag import StableDiffusionFastDragPipeline
 
+    name = model
     try:
         kwargs = {}
         if unet:
+            name = unet
             subfolder = None if (Path(unet) / "config.json").is_file() else "unet"
             kwargs["unet"] = UNet2DConditionModel.from_pretrained(unet, subfolder=subfolder, dtype=dtype)
+            name = model
         return StableDiffusionFastDragPipeline.from_pretrained(model, dtype=dtype, **kwargs)
     except Exception as error:  # noqa: BLE001 - Hub, file and config errors all mean "cannot load this"
-        raise UsageError(f"cannot load model {unet or model!r}: {first_line(error)}") from error
+        raise UsageError(why_not_loaded(name, error)) from error
 
 
 def load_on_device(args, device: str):
@@ -106,9 +185,13 @@ def load_on_device(args, device: str):
 def run_edit(args) -> None:
     import torch
 
-    image = open_image(args.image)
-    mask = open_image(args.mask) if args.mask else None
+    # Everything that needs no model is checked first: a typo costs seconds, not a model download.
+    check_output(args.output)
+    image, mask, handles, targets, (height, width) = read_inputs(args)
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
+    factor = vae_scale_factor_of(args.model)
+    if factor and (height % factor or width % factor):
+        raise UsageError(f"{args.image} is {width}x{height}: its sides must be multiples of {factor} for this model")
     start = time.perf_counter()
     pipe = load_pipeline(args.model, args.unet, dtype).to(device)
     loaded = time.perf_counter()
@@ -117,8 +200,8 @@ def run_edit(args) -> None:
         with pipe.timing_phases() as times:
             out = pipe(
                 image,
-                handle_points=[d[0] for d in args.drag],
-                target_points=[d[1] for d in args.drag],
+                handle_points=handles,
+                target_points=targets,
                 mask=mask,
                 prompt=args.prompt,
                 num_inference_steps=args.steps,
@@ -148,27 +231,37 @@ def dragbench_options(args):
     )
 
 
-def run_dragbench_run(args) -> None:
-    from .dragbench import find_samples, run_dragbench
+def run_dragbench_run(args) -> int:
+    from .dragbench import RunRefused, find_samples, run_dragbench
 
     try:
         if not find_samples(args.data):
             raise UsageError(f"no DragBench samples (<category>/<sample>/meta_data.pkl) under {args.data}")
     except FileNotFoundError as error:
         raise UsageError(str(error)) from error
+    _, dtype = pick_device_and_dtype(args.device, args.dtype)  # a bad --device is reported before any work
 
     def load(process_device):
         # Under accelerate launch each process has its own GPU: "auto" and "cuda" mean that one.
         return load_on_device(args, str(process_device) if args.device in ("auto", "cuda") else args.device)
 
-    summary = run_dragbench(args.data, args.out, load, dragbench_options(args), progress=not args.no_progress,
-                            cpu=True if args.device == "cpu" else None)
+    config = {"model": args.model, "unet": args.unet, "dtype": str(dtype).removeprefix("torch.")}
+    try:
+        summary = run_dragbench(args.data, args.out, load, dragbench_options(args), progress=not args.no_progress,
+                                cpu=True if args.device == "cpu" else None, config=config)
+    except RunRefused as error:
+        raise UsageError(str(error)) from error
     from accelerate import PartialState
 
     if PartialState().is_main_process:
         print(f"{summary.total} samples: {summary.skipped} already done; results in {args.out}/results.jsonl")
     if summary.done or summary.failed:
         print(f"process {PartialState().process_index}: {summary.done} edited, {summary.failed} failed")
+    if summary.failed:
+        print(f"fastdrag: {summary.failed} sample(s) failed; their errors are in {args.out}/results.jsonl",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_dragbench_eval(args) -> None:
@@ -245,20 +338,25 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
     app.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     app.add_argument("--share", action="store_true", help="also serve through a public Gradio link")
-    app.add_argument("--max-side", type=int, default=512, help="uploaded images are scaled down to this (default 512)")
+    app.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+                     help=f"uploaded images are scaled down to this (default {DEFAULT_MAX_SIDE})")
+    app.add_argument("--cache", type=int, default=DEFAULT_CACHE_MIB, metavar="MIB",
+                     help=f"memory for cached inversions, shared by all tabs (default {DEFAULT_CACHE_MIB} MiB)")
     return parser
 
 
 def run_app(args) -> None:
-    try:
-        from .app import PipelineHolder, build_app, launch
-    except ImportError as error:
-        raise UsageError(f"the app needs Gradio: pip install 'diffusers-fastdrag[app]' ({error})") from error
+    from .app import PipelineHolder, build_app, launch
+
+    pick_device_and_dtype(args.device, args.dtype)  # a bad --device is reported now, not at the first Run
 
     def load():
         return load_on_device(args, args.device)
 
-    demo = build_app(PipelineHolder(load), max_side=args.max_side)
+    try:
+        demo = build_app(PipelineHolder(load, cache_mib=args.cache), max_side=args.max_side)
+    except ImportError as error:
+        raise UsageError(f"the app needs Gradio: pip install 'diffusers-fastdrag[app]' ({error})") from error
     print(f"FastDrag editor on http://{args.host}:{args.port} (the model loads on the first Run)")
     launch(demo, server_name=args.host, server_port=args.port, share=args.share)
 
@@ -292,13 +390,27 @@ def pipeline_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--seed", type=int, help="seed for --fill noise (unused by the default fill)")
 
 
+def attach_negative_drags(argv: list[str]) -> list[str]:
+    """``--drag -5,128:140,128`` -> ``--drag=-5,128:140,128``: argparse would take the value for an option."""
+    joined, rest = [], iter(argv)
+    for arg in rest:
+        if arg == "--drag":
+            value = next(rest, None)
+            joined.append(arg if value is None else f"--drag={value}" if value.startswith("-") else arg)
+            if value is not None and not value.startswith("-"):
+                joined.append(value)
+        else:
+            joined.append(arg)
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(attach_negative_drags(sys.argv[1:] if argv is None else list(argv)))
     try:
         if args.command == "app":
             run_app(args)
         elif args.command == "dragbench":
-            {"run": run_dragbench_run, "eval": run_dragbench_eval}[args.bench_command](args)
+            return {"run": run_dragbench_run, "eval": run_dragbench_eval}[args.bench_command](args) or 0
         else:
             {"preview": run_preview, "edit": run_edit}[args.command](args)
     except UsageError as error:

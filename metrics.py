@@ -232,20 +232,30 @@ def evaluate(data: str | os.PathLike, results: str | os.PathLike, featurizer: Fe
              distance: ImageDistance, progress: bool = True) -> dict:
     """Score every sample edited successfully in ``results``: overall and per-category tables.
 
-    A sample with no successful edit counts as ``missing`` in its category, never as a score.
+    A sample with no successful edit counts as ``missing`` in its category, never as a score. One
+    that cannot be scored (its edited image gone or undecodable, its data refused) is missing too,
+    and is listed under ``problems`` with the reason: the evaluation of the others goes on.
     """
     from tqdm.auto import tqdm
 
     results = Path(results)
     latest = read_results(results)
     samples = find_samples(data)
-    scores, missing = [], {}
+    scores, missing, problems = [], {}, []
     for sample in tqdm(samples, desc="DragBench eval", disable=not progress):
         record = latest.get(sample.key)
-        if not is_done(record, results):
-            missing[sample.category] = missing.get(sample.category, 0) + 1
-            continue
-        scores.append(score_sample(sample, record, results, featurizer, distance))
+        problem = None
+        if record is not None and record.get("status") == "ok" and not is_done(record, results):
+            problem = "its edited image is missing or cannot be decoded; `dragbench run` redoes it"
+        elif is_done(record, results):
+            try:
+                scores.append(score_sample(sample, record, results, featurizer, distance))
+                continue
+            except Exception as error:  # noqa: BLE001 - one bad sample must not lose the whole evaluation
+                problem = f"{type(error).__name__}: {error}"
+        if problem:
+            problems.append({"sample": sample.key, "problem": problem})
+        missing[sample.category] = missing.get(sample.category, 0) + 1
     categories = sorted({sample.category for sample in samples})
     return {
         "overall": summarize(scores, sum(missing.values())),
@@ -253,6 +263,7 @@ def evaluate(data: str | os.PathLike, results: str | os.PathLike, featurizer: Fe
             name: summarize([s for s in scores if s.category == name], missing.get(name, 0)) for name in categories
         },
         "per_sample": [vars(score) for score in scores],
+        "problems": problems,
     }
 
 
@@ -268,6 +279,9 @@ def markdown_table(report: dict) -> str:
             f"| {name} | {row['samples']} | {row['missing']} | {row['drags']} | {row['md']:.2f} "
             f"| {row['fidelity']:.3f} | {row['seconds']:.2f} |"
         )
+    problems = report.get("problems") or []
+    if problems:
+        lines += ["", f"Not scored ({len(problems)}):"] + [f"- {p['sample']}: {p['problem']}" for p in problems]
     return "\n".join(lines) + "\n"
 
 

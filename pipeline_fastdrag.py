@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +114,37 @@ class FastDragInversion:
     image_fingerprint: str
     made_by: dict[str, int | None]
     dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Memory its tensors take (the keys/values are most of it)."""
+        tensors = (self.latents, self.image_latents, self.prompt_embeds)
+        return sum(t.numel() * t.element_size() for t in tensors) + (self.kv_bank.nbytes if self.kv_bank else 0)
+
+
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def lock_of(owner) -> threading.RLock:
+    """The lock of ``owner`` (a UNet, shared by every pipeline built on it), made on first use."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(owner)
+        if lock is None:
+            lock = _LOCKS[owner] = threading.RLock()
+        return lock
+
+
+def one_call_at_a_time(method: Callable) -> Callable:
+    """Serialise calls that install processors on the UNet and use the key/value bank: from several
+    threads they take turns, with the results of sequential calls."""
+
+    @functools.wraps(method)
+    def serialised(self, *args, **kwargs):
+        with lock_of(self._unwrapped_unet if self.unet is not None else self):
+            return method(self, *args, **kwargs)
+
+    return serialised
 
 
 def weights_fingerprint(model: torch.nn.Module | None) -> int | None:
@@ -869,6 +902,7 @@ class StableDiffusionFastDragPipeline(
             return self.encode_prompt(prompt, device, 1, guided, negative_prompt, prompt_embeds, negative_prompt_embeds)
 
     @torch.no_grad()
+    @one_call_at_a_time
     def invert(
         self,
         image,
@@ -921,6 +955,7 @@ class StableDiffusionFastDragPipeline(
     # ----------------------------------------------------------------------------------------
 
     @torch.no_grad()
+    @one_call_at_a_time
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,

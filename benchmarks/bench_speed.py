@@ -226,7 +226,7 @@ def first_edit_in_fresh_process(path: str) -> dict:
 
 def dragbench_seconds(pipe, args, device) -> float:
     """The DragBench runner's median seconds per sample after its first two, on generated samples."""
-    from fastdrag.dragbench import EditOptions, RESULTS_FILE, run_dragbench
+    from fastdrag.dragbench import EditOptions, read_records, run_dragbench
 
     size = args.resolution
     samples = {
@@ -238,7 +238,7 @@ def dragbench_seconds(pipe, args, device) -> float:
         options = EditOptions(num_inference_steps=args.steps, inversion_strength=args.strength)
         run_dragbench(Path(folder) / "data", Path(folder) / "out", lambda _: pipe, options, progress=False,
                       cpu=device.type == "cpu")
-        records = [json.loads(line) for line in (Path(folder) / "out" / RESULTS_FILE).read_text().splitlines()]
+        records = read_records(Path(folder) / "out")
     seconds = [r["seconds"] for r in records if r["status"] == "ok"]
     return statistics.median(seconds[2:] or seconds)
 

@@ -79,7 +79,11 @@ class StubPipeline:
 def test_app_and_dragbench_run_use_cuda_graphs_on_cuda_unless_told_not_to(monkeypatch, argv):
     from fastdrag import cli
 
+    import torch
+
     monkeypatch.setattr(cli, "load_pipeline", lambda model, unet, dtype: StubPipeline())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     args = cli.build_parser().parse_args(argv)
     assert cli.load_on_device(args, "cuda").cuda_graphs
     assert not cli.load_on_device(args, "cpu").cuda_graphs

@@ -17,6 +17,7 @@ from fastdrag.dragbench import (
     EditOptions,
     find_samples,
     load_sample,
+    read_records,
     read_results,
     run_dragbench,
     split_points,
@@ -33,7 +34,8 @@ BAD = {"human_head/face": [[10, 12], [40, 12]]}  # target outside the 32x32 imag
 
 
 def lines(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / RESULTS_FILE).read_text().splitlines()]
+    """Every record of the log (each starts on a fresh line, so blank lines sit between them)."""
+    return read_records(out)
 
 
 class CountingLoader:
