@@ -1,6 +1,5 @@
 """DragBench runner: data reading, results log, resume, failures, and the Accelerate split."""
 
-import json
 import os
 import subprocess
 import sys

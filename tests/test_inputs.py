@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import fastdrag
-from fastdrag import StableDiffusionFastDragPipeline, inputs
+from fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.cli import main
 from fastdrag.dragbench import Sample, load_sample
 from fastdrag.inputs import check_image, image_fingerprint, image_to_tensor, mask_to_tensor
