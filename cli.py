@@ -241,14 +241,13 @@ def run_dragbench_run(args) -> int:
         raise UsageError(str(error)) from error
     _, dtype = pick_device_and_dtype(args.device, args.dtype)  # a bad --device is reported before any work
 
-    def load(process_device):
-        # Under accelerate launch each process has its own GPU: "auto" and "cuda" mean that one.
-        return load_on_device(args, str(process_device) if args.device in ("auto", "cuda") else args.device)
+    def load(process_device: str):
+        return load_on_device(args, process_device)
 
     config = {"model": args.model, "unet": args.unet, "dtype": str(dtype).removeprefix("torch.")}
     try:
         summary = run_dragbench(args.data, args.out, load, dragbench_options(args), progress=not args.no_progress,
-                                cpu=True if args.device == "cpu" else None, config=config)
+                                device=args.device, config=config)
     except RunRefused as error:
         raise UsageError(str(error)) from error
     from accelerate import PartialState

@@ -357,33 +357,45 @@ class RunSummary:
     failed: int
 
 
+def process_device(requested: str, local_index: int) -> str:
+    """The device one process of a launch edits on. ``cpu`` stays; ``auto`` and ``cuda`` mean the
+    process's own GPU, ``cuda:<local index mod GPU count>`` (more processes than GPUs share them),
+    or, for ``auto`` without a GPU, the CPU; anything else (``cuda:1``, ``mps``) is kept."""
+    import torch
+
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{local_index % torch.cuda.device_count()}"
+    return "cpu" if requested == "auto" else requested
+
+
 def run_dragbench(
     data: str | os.PathLike,
     out: str | os.PathLike,
     load_pipeline: Callable[[Any], Any],
     options: EditOptions | None = None,
     progress: bool = True,
-    cpu: bool | None = None,
+    device: str = "auto",
     config: dict | None = None,
 ) -> RunSummary:
     """Edit every DragBench sample not yet done in ``out``, split across Accelerate's processes.
 
     ``load_pipeline(device)`` returns the pipeline on that device; it is called once per process,
-    and only if that process has samples to do. ``cpu`` forces the CPU; by default it is used
-    when no accelerator is. ``config`` says what else made the edits (model, dtype, ...): with the
+    and only if that process has samples to do, with the process's device (:func:`process_device`
+    of ``device``). ``config`` says what else made the edits (model, dtype, ...): with the
     options, the project version and the mode it is stamped in ``OUT/run_config.json``, and a
     folder stamped otherwise is refused (:class:`RunRefused`), as is a folder another run holds.
     Returns this process's counts.
     """
-    import torch
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
     from . import __version__
 
-    # Without cpu=True, Accelerate treats processes launched on a machine with no GPU as
-    # independent single processes, and each would run every sample.
-    state = PartialState(cpu=not torch.accelerator.is_available() if cpu is None else cpu)
+    # The processes only coordinate (one barrier, the split), so they form a CPU (gloo) group
+    # whatever devices they edit on: a GPU group would need a GPU per process (two processes on one
+    # GPU break NCCL), and without cpu=True, processes launched on a machine with no GPU would each
+    # see themselves alone and run every sample.
+    state = PartialState(cpu=True)
     options = options or EditOptions()
     out = Path(out)
     samples = find_samples(data)
@@ -403,7 +415,7 @@ def run_dragbench(
         done = failed = 0
         with state.split_between_processes(todo) as mine:
             if mine:
-                pipe = load_pipeline(state.device)
+                pipe = load_pipeline(process_device(device, state.local_process_index))
                 pipe.set_progress_bar_config(disable=True)
                 bar = tqdm(mine, desc=f"DragBench [{state.process_index}]", disable=not progress,
                            position=state.process_index)

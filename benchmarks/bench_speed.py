@@ -237,7 +237,7 @@ def dragbench_seconds(pipe, args, device) -> float:
         write_dragbench(Path(folder) / "data", samples, size=size)
         options = EditOptions(num_inference_steps=args.steps, inversion_strength=args.strength)
         run_dragbench(Path(folder) / "data", Path(folder) / "out", lambda _: pipe, options, progress=False,
-                      cpu=device.type == "cpu")
+                      device=str(device))
         records = read_records(Path(folder) / "out")
     seconds = [r["seconds"] for r in records if r["status"] == "ok"]
     return statistics.median(seconds[2:] or seconds)

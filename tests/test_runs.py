@@ -248,6 +248,17 @@ def test_a_second_writer_is_refused_and_a_crashed_one_leaves_no_lock(bench, caps
         pass
 
 
+@pytest.mark.parametrize(
+    "requested, index, gpus, expected",
+    [("cpu", 1, 2, "cpu"), ("auto", 0, 0, "cpu"), ("auto", 1, 1, "cuda:0"), ("cuda", 3, 2, "cuda:1"),
+     ("auto", 2, 4, "cuda:2"), ("cuda:1", 0, 2, "cuda:1"), ("mps", 0, 0, "mps")],
+)
+def test_each_process_picks_its_own_device(monkeypatch, requested, index, gpus, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert dragbench.process_device(requested, index) == expected
+
+
 def test_run_exits_1_after_doing_the_others_when_a_sample_fails(bench, capsys):
     broken = bench / "data" / "cat1" / "s3" / "meta_data.pkl"
     broken.write_bytes(pickle.dumps({"prompt": "x", "points": [[1, 1], [90, 1]], "mask": np.ones((32, 32))}))
