@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 MAX_SIDE = 64
+UNET_SECONDS = 0.15
 ARTIFACTS = Path(os.environ.get("FASTDRAG_ARTIFACTS", ROOT / "test-artifacts"))
 
 
@@ -58,7 +60,13 @@ def app_url():
     require_browser()
     from fastdrag.app import PipelineHolder, build_app, launch
 
-    demo = build_app(PipelineHolder(lambda: StableDiffusionFastDragPipeline(**tiny_components())), max_side=MAX_SIDE)
+    def load():
+        pipe = StableDiffusionFastDragPipeline(**tiny_components())
+        # Slow enough (about 2 s a Run) that the page can act while a Run works.
+        pipe.unet.register_forward_pre_hook(lambda *args: time.sleep(UNET_SECONDS))
+        return pipe
+
+    demo = build_app(PipelineHolder(load), max_side=MAX_SIDE)
     port = free_port()
     launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -185,6 +193,19 @@ def test_drag_edit_in_the_browser(app_url):
             # 6. Use as input: the edit becomes the new image, with no points.
             page.click("#use")
             wait_text(page, "#info", r"64x64 image, mask: whole image, 0 drag")
+
+            # 7. An upload made while a Run works survives the Run: the next Run sees the new image,
+            #    which has no drag yet, not the image and points the first Run worked on.
+            click_image_pixel(page, "#points img", 20, 20)
+            wait_text(page, "#info", r"0 drag\(s\)\. Click the target")
+            click_image_pixel(page, "#points img", 30, 20)
+            wait_text(page, "#info", r"1 drag\(s\)\. Click a handle")
+            page.click("#run")
+            page.locator("#editor input[type=file]").set_input_files(str(ROOT / "examples" / "shapes.png"))
+            wait_text(page, "#status", r"inverted this image")  # the Run on the used-as-input image ended
+            wait_text(page, "#info", r"64x64 image, mask: whole image, 0 drag")
+            page.click("#run")
+            wait_text(page, "#status", r"Error: add at least one drag")
         finally:
             browser.close()
     assert (artifacts / "app.png").stat().st_size > 10_000
