@@ -3,7 +3,8 @@
 1. Upload an image (resized so its longest side is at most ``max_side``, each side a multiple of
    the VAE scale factor) and paint the region that may move; no paint means the whole image.
 2. Click a handle, then its target, as many times as you like: numbered arrows are drawn, and the
-   pixel-space preview (:func:`warpage.preview_drag`) follows at once. Undo and Clear fix mistakes.
+   pixel-space preview (:func:`frontend.preview_drag`) follows at once. Undo and Clear fix mistakes.
+   In the move and copy modes one drag moves (or copies) the painted object.
 3. Run shows the edit beside the original, with the time of each phase. Another Run on the same
    image (and prompt, steps, strength, consistency), from any tab, reuses the cached inversion:
    only the warp, sampling and decoding run. Inversions are kept server-wide, least recently used
@@ -27,7 +28,7 @@ from PIL import Image
 
 from .frontend import draw_arrows, first_line, format_phases, preview_drag
 from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, to_rgb
-from .warpage import DEFAULT_FILL, FILL_MODES
+from .warpage import DEFAULT_FILL, DEFAULT_MODE, EDIT_MODES, FILL_MODES
 
 DEFAULT_MAX_SIDE = 512
 DEFAULT_FACTOR = 8
@@ -85,10 +86,15 @@ class Session:
     image: np.ndarray | None = None  # (H, W, 3) uint8, already resized
     mask: np.ndarray | None = None  # (H, W) bool, or None for the whole image
     points: list[tuple[int, int]] = field(default_factory=list)
+    mode: str = DEFAULT_MODE  # "drag", or "move"/"copy" the painted object by one drag
 
     @property
     def drags(self) -> list[tuple[tuple[int, int], tuple[int, int]]]:
         return list(zip(self.points[0::2], self.points[1::2]))
+
+    @property
+    def moves_an_object(self) -> bool:
+        return self.mode != "drag"
 
 
 def view_zoom(image: np.ndarray) -> int:
@@ -121,10 +127,11 @@ def preview_view(session: Session) -> np.ndarray | None:
     """The pixel-space warp of the complete drags (the image itself when there are none)."""
     if session.image is None:
         return None
-    if not session.drags:
+    if not session.drags or (session.moves_an_object and session.mask is None):
         return session.image
     drags = session.drags
-    out = preview_drag(Image.fromarray(session.image), session.mask, [d[0] for d in drags], [d[1] for d in drags])
+    out = preview_drag(Image.fromarray(session.image), session.mask, [d[0] for d in drags], [d[1] for d in drags],
+                       mode=session.mode)
     return np.asarray(out)
 
 
@@ -134,6 +141,9 @@ def points_text(session: Session) -> str:
     height, width = session.image.shape[:2]
     region = "whole image" if session.mask is None else f"{int(session.mask.sum())} px painted"
     pending = " Click the target of the last handle." if len(session.points) % 2 else " Click a handle."
+    if session.moves_an_object:
+        pending = (f" Paint the object to {session.mode}." if session.mask is None
+                   else " Click where it goes." if len(session.points) % 2 else " Click a point of the object.")
     return f"{width}x{height} image, mask: {region}, {len(session.drags)} drag(s).{pending}"
 
 
@@ -159,17 +169,28 @@ def load_editor_value(session: Session, value: Any, max_side: int, factor: int) 
     layers = value.get("layers", []) if isinstance(value, dict) else []
     mask = painted_mask(layers, size)
     if session.image is None or image.shape != session.image.shape or not np.array_equal(image, session.image):
-        return Session(image=image, mask=mask)
+        return Session(image=image, mask=mask, mode=session.mode)
     session.mask = mask
     return session
 
 
 def add_point(session: Session, x: int, y: int) -> Session:
-    """Add the image pixel ``(x, y)`` (clamped to the image) as the next handle or target."""
+    """Add the image pixel ``(x, y)`` (clamped to the image) as the next handle or target. Moving or
+    copying takes one drag: a click after a complete one starts it again."""
     if session.image is None:
         return session
+    if session.moves_an_object and len(session.points) >= 2:
+        session.points.clear()
     height, width = session.image.shape[:2]
     session.points.append((min(max(int(x), 0), width - 1), min(max(int(y), 0), height - 1)))
+    return session
+
+
+def set_mode(session: Session, mode: str) -> Session:
+    """Switch between dragging and moving or copying the object (which keeps only the first drag)."""
+    session.mode = mode
+    if session.moves_an_object:
+        del session.points[2:]
     return session
 
 
@@ -287,6 +308,7 @@ def run_edit(holder: PipelineHolder, session: Session, prompt: str, steps: int, 
                 mask=session.mask,
                 inversion=inversion,
                 fill=fill,
+                mode=session.mode,
                 preserve_consistency=bool(consistency),
                 output_type="np",
             )
@@ -342,10 +364,10 @@ def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE):
             return gr.skip(), gr.skip(), f"**Error:** unexpected {type(error).__name__}: {error}"
         return image, result.image, result.status()
 
-    def on_use_as_input(result):
+    def on_use_as_input(result, mode: str):
         if result is None:
-            return gr.skip(), Session(), None, None, "Run an edit first."
-        session = Session(image=np.asarray(result, dtype=np.uint8)[..., :3])
+            return gr.skip(), Session(mode=mode), None, None, "Run an edit first."
+        session = Session(image=np.asarray(result, dtype=np.uint8)[..., :3], mode=mode)
         value = {"background": session.image, "layers": [], "composite": session.image}
         return value, *views(session)
 
@@ -353,7 +375,8 @@ def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE):
         session = gr.State(Session())
         gr.Markdown("# FastDrag\nOne-step drag editing. **1.** Upload an image and paint the region that may "
                     "move (or leave it unpainted: the whole image). **2.** Click a handle, then its target. "
-                    "**3.** Run.")
+                    "**3.** Run. To move or copy an object instead, pick the mode, paint the object and give "
+                    "one drag.")
         with gr.Row():
             editor = gr.ImageEditor(label="1. Image and mask (paint the movable region)", type="numpy",
                                     sources=["upload", "clipboard"], transforms=(), layers=False,
@@ -364,6 +387,7 @@ def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE):
                                elem_id="preview", format="png", height=320)
         info = gr.Markdown("Upload an image first.", elem_id="info")
         with gr.Row():
+            mode = gr.Radio(list(EDIT_MODES), value=DEFAULT_MODE, label="Mode", elem_id="mode")
             undo = gr.Button("Undo last point", elem_id="undo")
             clear = gr.Button("Clear points", elem_id="clear")
             run = gr.Button("Run", variant="primary", elem_id="run")
@@ -384,12 +408,13 @@ def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE):
         # `upload` brings the image, `change` and `apply` the brush layers.
         for event in (editor.upload, editor.change, editor.apply):
             event(on_editor, [editor, session], outputs)
-        editor.clear(lambda: views(Session()), None, outputs)
+        editor.clear(lambda m: views(Session(mode=m)), [mode], outputs)
+        mode.change(lambda s, m: views(set_mode(s, m)), [session, mode], outputs)
         points.select(on_click, [session], outputs)
         undo.click(lambda s: views(undo_point(s)), [session], outputs)
         clear.click(lambda s: views(clear_points(s)), [session], outputs)
         run.click(on_run, [session, prompt, steps, strength, fill, consistency], [original, result, status])
-        use.click(on_use_as_input, [result], [editor, *outputs])
+        use.click(on_use_as_input, [result, mode], [editor, *outputs])
     return demo
 
 

@@ -11,12 +11,13 @@ from pathlib import Path
 from .app import DEFAULT_CACHE_MIB, DEFAULT_MAX_SIDE
 from .frontend import draw_arrows, first_line, format_phases, preview_drag
 from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH
-from .warpage import DEFAULT_FILL, FILL_MODES
+from .warpage import DEFAULT_FILL, DEFAULT_MODE, EDIT_MODES, FILL_MODES, check_edit_mode
 
 EXAMPLES = """examples:
   fastdrag preview cat.png --drag 250,180:290,160 --mask cat_mask.png --arrows -o preview.png
   fastdrag edit cat.png --drag 250,180:290,160 --mask cat_mask.png --prompt "a cat" -o edited.png
   fastdrag edit cat.png --drag 250,180:290,160 --unet SimianLuo/LCM_Dreamshaper_v7 -o edited.png
+  fastdrag edit cat.png --drag 250,180:330,180 --mask cat_mask.png --mode move -o moved.png
   fastdrag dragbench run --data drag_bench_data --out results/fastdrag
   accelerate launch --multi_gpu --num_processes 4 -m fastdrag dragbench run --data drag_bench_data --out results/fastdrag
   fastdrag dragbench eval --data drag_bench_data --results results/fastdrag
@@ -80,6 +81,7 @@ def read_inputs(args):
     try:
         size = check_image(image)
         check_drag_points(handles, targets, size)
+        check_edit_mode(args.mode, len(handles), object_given=mask is not None)
         mask_to_tensor(mask, size)
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from error
@@ -89,7 +91,7 @@ def read_inputs(args):
 def run_preview(args) -> None:
     check_output(args.output)
     image, mask, handles, targets, _ = read_inputs(args)
-    out = preview_drag(image, mask, handles, targets)
+    out = preview_drag(image, mask, handles, targets, mode=args.mode)
     if args.arrows:
         out = draw_arrows(out, args.drag)
     out.save(args.output)
@@ -207,6 +209,7 @@ def run_edit(args) -> None:
                 num_inference_steps=args.steps,
                 inversion_strength=args.strength,
                 fill=args.fill,
+                mode=args.mode,
                 preserve_consistency=not args.no_consistency,
                 generator=generator,
             )
@@ -298,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--drag", type=parse_drag, action="append", required=True, metavar="X,Y:X,Y",
                          help="handle:target in image pixels; repeat for several drags")
         sub.add_argument("--mask", help="mask image, white (nonzero) = may move; default: whole image")
+        sub.add_argument("--mode", default=DEFAULT_MODE, choices=EDIT_MODES,
+                         help="drag the content (default), or move / copy the masked object by one drag")
         sub.add_argument("-o", "--output", required=True, help="output image")
 
     preview = commands.add_parser("preview", help="warp the pixels directly: no model, instant",

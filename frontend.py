@@ -9,11 +9,13 @@ from PIL import Image, ImageDraw
 
 from .inputs import check_drag_points, check_image, image_to_latent_points, image_to_tensor, mask_to_tensor
 from .timing import PHASES
-from .warpage import DEFAULT_FILL, warp_latents
+from .warpage import DEFAULT_FILL, DEFAULT_MODE, check_edit_mode, edit_latents
 
 
-def preview_drag(image, mask, handle_points, target_points, fill: str = DEFAULT_FILL):
-    """Warp the RGB pixels themselves at image resolution: an instant, model-free preview.
+def preview_drag(image, mask, handle_points, target_points, fill: str = DEFAULT_FILL, mode: str = DEFAULT_MODE):
+    """Edit the RGB pixels themselves at image resolution, as ``mode`` edits the latent: an
+    instant, model-free preview (a move or copy offset is whole pixels here, whole latent pixels in
+    the pipeline).
 
     Args:
         image: any image the pipeline takes (PIL, ``(H, W, 3)`` array, ``(3, H, W)`` tensor, ...).
@@ -25,10 +27,11 @@ def preview_drag(image, mask, handle_points, target_points, fill: str = DEFAULT_
         array for an array, an RGB PIL image otherwise.
     """
     size = check_image(image)
-    check_drag_points(handle_points, target_points, size)
+    handles_xy, _ = check_drag_points(handle_points, target_points, size)
+    check_edit_mode(mode, len(handles_xy), object_given=mask is not None)
     pixels = image_to_tensor(image)
     handles, targets = image_to_latent_points(handle_points, 1), image_to_latent_points(target_points, 1)
-    warped = warp_latents(pixels, mask_to_tensor(mask, size), handles, targets, fill=fill, validate=False)
+    warped = edit_latents(pixels, mask_to_tensor(mask, size), handles, targets, mode, fill, validate=False)
     if isinstance(image, torch.Tensor):
         return warped.reshape(image.shape).to(image.dtype)
     array = (warped[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()

@@ -53,7 +53,7 @@ from .inputs import (
     mask_to_tensor,
 )
 from .timing import PhaseClock
-from .warpage import DEFAULT_FILL, FILL_MODES, warp_constants, warp_latents
+from .warpage import DEFAULT_FILL, DEFAULT_MODE, FILL_MODES, check_edit_mode, edit_latents, warp_constants
 
 logger = logging.get_logger(__name__)
 
@@ -79,7 +79,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-# Far beyond any useful value; larger ones overflow half precision into NaN.
+# Far beyond any useful value: a bound that keeps huge values (1e308) from overflowing into NaN.
 MAX_GUIDANCE_SCALE = 100.0
 
 
@@ -387,6 +387,7 @@ class StableDiffusionFastDragPipeline(
         inversion_strength,
         guidance_scale,
         fill,
+        mode,
         preserve_consistency,
         inversion,
         generator,
@@ -408,11 +409,12 @@ class StableDiffusionFastDragPipeline(
             DEFAULT_STEPS if num_inference_steps is None else num_inference_steps,
             DEFAULT_STRENGTH if inversion_strength is None else inversion_strength,
         )
-        check_drag_points(handle_points, target_points, size)
+        handles, _ = check_drag_points(handle_points, target_points, size)
         mask_to_tensor(mask, size)
         check_real(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE_SCALE)
         if fill not in FILL_MODES:
             raise ValueError(f"`fill` must be one of {FILL_MODES}, got {fill!r}")
+        check_edit_mode(mode, len(handles), object_given=mask is not None)
         if not isinstance(preserve_consistency, (bool, np.bool_)):
             raise TypeError(f"`preserve_consistency` must be a bool, got {type(preserve_consistency).__name__}")
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -850,20 +852,21 @@ class StableDiffusionFastDragPipeline(
         mask: torch.Tensor,
         handles: torch.Tensor,
         targets: torch.Tensor,
+        mode: str,
         fill: str,
         generator: torch.Generator | None,
         graphs: GraphCache | None,
     ) -> torch.Tensor:
-        """The one-step warpage of the inverted latent (validated inputs; ``(row, col)`` points)."""
+        """The one-step edit of the inverted latent (validated inputs; ``(row, col)`` points)."""
         if graphs is None or fill == "noise":  # random numbers are drawn on the host's generator
-            return warp_latents(latents, mask, handles, targets, fill=fill, generator=generator, validate=False)
+            return edit_latents(latents, mask, handles, targets, mode, fill, generator, validate=False)
 
         def body(latents, mask, handles, targets):
-            return warp_latents(latents, mask, handles, targets, fill=fill, validate=False)
+            return edit_latents(latents, mask, handles, targets, mode, fill, validate=False)
 
         inputs = {"latents": latents, "mask": mask, "handles": handles, "targets": targets}
         keep_alive = warp_constants(*latents.shape[-2:], latents.device)
-        return graphs.run(("warp", fill), body, inputs, keep_alive)[0].clone()
+        return graphs.run(("warp", mode, fill), body, inputs, keep_alive)[0].clone()
 
     def _encode_and_invert(
         self,
@@ -971,6 +974,7 @@ class StableDiffusionFastDragPipeline(
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         fill: str = DEFAULT_FILL,
+        mode: str = DEFAULT_MODE,
         preserve_consistency: bool = True,
         inversion: FastDragInversion | None = None,
         generator: torch.Generator | None = None,
@@ -1013,6 +1017,10 @@ class StableDiffusionFastDragPipeline(
             negative_prompt_embeds (`torch.Tensor`, *optional*): the same for ``negative_prompt``.
             fill (`str`, defaults to `"bnni"`): how the pixels left empty by the warp are filled:
                 `"bnni"`, `"original"`, `"zeros"` or `"noise"`.
+            mode (`str`, defaults to `"drag"`): the one-step edit. `"drag"` warps the content from
+                the handles to the targets; `"move"` and `"copy"` take exactly one drag and the
+                object's `mask`, and paste the object at the drag's offset (rounded to whole latent
+                pixels), `"move"` also filling the place it left by `fill`.
             preserve_consistency (`bool`, defaults to `True`): replay the self-attention keys and
                 values recorded during inversion while sampling.
             inversion (`FastDragInversion`, *optional*): the result of `pipe.invert(image, ...)`;
@@ -1036,8 +1044,8 @@ class StableDiffusionFastDragPipeline(
         # 1. Check inputs. Raise error if not correct, before any model runs.
         self.check_inputs(
             image, handle_points, target_points, mask, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-            num_inference_steps, inversion_strength, guidance_scale, fill, preserve_consistency, inversion, generator,
-            output_type, callback_on_step_end_tensor_inputs,
+            num_inference_steps, inversion_strength, guidance_scale, fill, mode, preserve_consistency, inversion,
+            generator, output_type, callback_on_step_end_tensor_inputs,
         )
 
         # 2. Define call parameters: a cached inversion brings its image size, prompt and schedule.
@@ -1074,9 +1082,9 @@ class StableDiffusionFastDragPipeline(
         else:
             latents = self._load_inversion(inversion, kv, device)
 
-        # 6. One-step warpage: LWF, relocation and filling of the null pixels.
+        # 6. One-step latent edit: the warp (LWF, relocation, filling), or the object moved or copied.
         with self._phase("warp"):
-            latents = self._warp(latents, latent_mask, handles, targets, fill, generator, graphs)
+            latents = self._warp(latents, latent_mask, handles, targets, mode, fill, generator, graphs)
 
         # 7. Denoising loop: sample back to t = 0, replaying the recorded keys/values.
         with self._phase("sampling"):

@@ -1,7 +1,7 @@
 """FastDrag's one-step warpage: latent warpage function (LWF), relocation and BNNI.
 
-Latent math only: everything here follows ``docs/method.md`` sections 2-4 on tensors in the latent
-grid. Conventions:
+Latent math only: everything here follows ``docs/method.md`` sections 2-4 and 8 on tensors in the
+latent grid. Conventions:
 
 * points are latent ``(row, col)`` floats, ``(K, 2)`` tensors (or nested sequences of numbers);
 * masks are ``(H, W)`` bool tensors, ``True`` where content may move;
@@ -29,6 +29,9 @@ import torch.nn.functional as F
 
 FILL_MODES = ("bnni", "original", "zeros", "noise")
 DEFAULT_FILL = "bnni"
+# The one-step latent edits: drag (sections 2-4), and move or copy the masked object (section 8).
+EDIT_MODES = ("drag", "move", "copy")
+DEFAULT_MODE = "drag"
 
 PointsLike = torch.Tensor | Sequence[Sequence[float]]
 
@@ -392,3 +395,86 @@ def warp_latents(
     field = warpage_field(mask, handles, targets, validate=validate)
     relocated, null = relocate(latents, mask.to(latents.device), field, validate=False)
     return fill_null(relocated, null, fill, generator=generator, validate=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Moving and copying the masked object
+# --------------------------------------------------------------------------------------------
+
+
+def object_offset(handles: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(d_row, d_col)``: the one drag's ``target - handle``, rounded half to even to whole latent
+    pixels, as a ``(2,)`` int64 tensor on the points' device (no host read)."""
+    return torch.round(targets[0] - handles[0]).long()
+
+
+def shift_object(
+    latents: torch.Tensor,
+    mask: torch.Tensor,
+    offset: torch.Tensor,
+    mode: str = "move",
+    fill: str = DEFAULT_FILL,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Paste the masked object ``offset`` latent pixels away; for ``"move"`` fill the place it left.
+
+    ``S`` is ``mask``; ``D`` is ``S`` shifted by ``offset = (d_row, d_col)``, pixels leaving the grid
+    dropped. Every ``p`` in ``D`` takes ``latents[p - offset]`` (all channels, from the unchanged
+    latents); every other pixel keeps its value. ``"copy"`` stops there; ``"move"`` marks
+    ``S \\ D`` null and fills it by ``fill`` from the pasted latents (``docs/method.md`` section 8).
+
+    Args:
+        latents: ``(B, C, H, W)``, left untouched.
+        mask: ``(H, W)`` bool, the object.
+        offset: ``(2,)`` int64 ``(d_row, d_col)``, as from :func:`object_offset`.
+    """
+    height, width = latents.shape[-2:]
+    rows, cols = _grid(height, width, latents.device)
+    offset = offset.to(latents.device)
+    mask = mask.to(latents.device)
+    source_row, source_col = rows - offset[0], cols - offset[1]
+    inside = (source_row >= 0) & (source_row < height) & (source_col >= 0) & (source_col < width)
+    source_row, source_col = source_row.clamp(0, height - 1), source_col.clamp(0, width - 1)
+    pasted = inside & mask[source_row, source_col]  # D, on the destination grid
+    source = torch.where(pasted, source_row * width + source_col, _flat_index(height * width, latents.device).view(height, width))
+    moved = _pixels_last(_pixels_first(latents).index_select(0, source.reshape(-1)), latents)
+    if mode == "copy":
+        return moved
+    return fill_null(moved, mask & ~pasted, fill, generator=generator, validate=False)
+
+
+def check_edit_mode(mode: str, drags: int, object_given: bool) -> None:
+    """``mode`` is one of ``EDIT_MODES``; moving or copying takes exactly one drag and a mask of
+    the object (``object_given``: a mask was given, not the whole image by default)."""
+    if mode not in EDIT_MODES:
+        raise ValueError(f"`mode` must be one of {EDIT_MODES}, got {mode!r}")
+    if mode != "drag" and drags != 1:
+        raise ValueError(f"`mode={mode!r}` moves one object: give exactly one drag, got {drags}")
+    if mode != "drag" and not object_given:
+        raise ValueError(f"`mode={mode!r}` needs `mask`: the object to {mode}")
+
+
+def edit_latents(
+    latents: torch.Tensor,
+    mask: torch.Tensor,
+    handles: PointsLike,
+    targets: PointsLike,
+    mode: str = DEFAULT_MODE,
+    fill: str = DEFAULT_FILL,
+    generator: torch.Generator | None = None,
+    validate: bool = True,
+) -> torch.Tensor:
+    """The one-step latent edit of ``mode``: :func:`warp_latents` for ``"drag"``, :func:`shift_object`
+    of the one drag's rounded offset for ``"move"`` and ``"copy"``. Points are latent ``(row, col)``."""
+    if mode == "drag":
+        return warp_latents(latents, mask, handles, targets, fill=fill, generator=generator, validate=validate)
+    if fill not in FILL_MODES:
+        raise ValueError(f"`fill` must be one of {FILL_MODES}, got {fill!r}")
+    handles, targets = as_points(handles, "handles", mask.device), as_points(targets, "targets", mask.device)
+    if validate:
+        check_edit_mode(mode, handles.shape[0], object_given=True)
+        check_mask(mask)
+        check_latents(latents, tuple(mask.shape))
+        check_points(handles, targets, tuple(mask.shape))
+    return shift_object(latents, mask, object_offset(handles, targets), mode, fill, generator)
+

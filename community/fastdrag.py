@@ -804,6 +804,9 @@ class PhaseClock:
 
 FILL_MODES = ("bnni", "original", "zeros", "noise")
 DEFAULT_FILL = "bnni"
+# The one-step latent edits: drag (sections 2-4), and move or copy the masked object (section 8).
+EDIT_MODES = ("drag", "move", "copy")
+DEFAULT_MODE = "drag"
 
 PointsLike = torch.Tensor | Sequence[Sequence[float]]
 
@@ -1170,6 +1173,88 @@ def warp_latents(
 
 
 # --------------------------------------------------------------------------------------------
+# Moving and copying the masked object
+# --------------------------------------------------------------------------------------------
+
+
+def object_offset(handles: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(d_row, d_col)``: the one drag's ``target - handle``, rounded half to even to whole latent
+    pixels, as a ``(2,)`` int64 tensor on the points' device (no host read)."""
+    return torch.round(targets[0] - handles[0]).long()
+
+
+def shift_object(
+    latents: torch.Tensor,
+    mask: torch.Tensor,
+    offset: torch.Tensor,
+    mode: str = "move",
+    fill: str = DEFAULT_FILL,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Paste the masked object ``offset`` latent pixels away; for ``"move"`` fill the place it left.
+
+    ``S`` is ``mask``; ``D`` is ``S`` shifted by ``offset = (d_row, d_col)``, pixels leaving the grid
+    dropped. Every ``p`` in ``D`` takes ``latents[p - offset]`` (all channels, from the unchanged
+    latents); every other pixel keeps its value. ``"copy"`` stops there; ``"move"`` marks
+    ``S \\ D`` null and fills it by ``fill`` from the pasted latents (``docs/method.md`` section 8).
+
+    Args:
+        latents: ``(B, C, H, W)``, left untouched.
+        mask: ``(H, W)`` bool, the object.
+        offset: ``(2,)`` int64 ``(d_row, d_col)``, as from :func:`object_offset`.
+    """
+    height, width = latents.shape[-2:]
+    rows, cols = _grid(height, width, latents.device)
+    offset = offset.to(latents.device)
+    mask = mask.to(latents.device)
+    source_row, source_col = rows - offset[0], cols - offset[1]
+    inside = (source_row >= 0) & (source_row < height) & (source_col >= 0) & (source_col < width)
+    source_row, source_col = source_row.clamp(0, height - 1), source_col.clamp(0, width - 1)
+    pasted = inside & mask[source_row, source_col]  # D, on the destination grid
+    source = torch.where(pasted, source_row * width + source_col, _flat_index(height * width, latents.device).view(height, width))
+    moved = _pixels_last(_pixels_first(latents).index_select(0, source.reshape(-1)), latents)
+    if mode == "copy":
+        return moved
+    return fill_null(moved, mask & ~pasted, fill, generator=generator, validate=False)
+
+
+def check_edit_mode(mode: str, drags: int, object_given: bool) -> None:
+    """``mode`` is one of ``EDIT_MODES``; moving or copying takes exactly one drag and a mask of
+    the object (``object_given``: a mask was given, not the whole image by default)."""
+    if mode not in EDIT_MODES:
+        raise ValueError(f"`mode` must be one of {EDIT_MODES}, got {mode!r}")
+    if mode != "drag" and drags != 1:
+        raise ValueError(f"`mode={mode!r}` moves one object: give exactly one drag, got {drags}")
+    if mode != "drag" and not object_given:
+        raise ValueError(f"`mode={mode!r}` needs `mask`: the object to {mode}")
+
+
+def edit_latents(
+    latents: torch.Tensor,
+    mask: torch.Tensor,
+    handles: PointsLike,
+    targets: PointsLike,
+    mode: str = DEFAULT_MODE,
+    fill: str = DEFAULT_FILL,
+    generator: torch.Generator | None = None,
+    validate: bool = True,
+) -> torch.Tensor:
+    """The one-step latent edit of ``mode``: :func:`warp_latents` for ``"drag"``, :func:`shift_object`
+    of the one drag's rounded offset for ``"move"`` and ``"copy"``. Points are latent ``(row, col)``."""
+    if mode == "drag":
+        return warp_latents(latents, mask, handles, targets, fill=fill, generator=generator, validate=validate)
+    if fill not in FILL_MODES:
+        raise ValueError(f"`fill` must be one of {FILL_MODES}, got {fill!r}")
+    handles, targets = as_points(handles, "handles", mask.device), as_points(targets, "targets", mask.device)
+    if validate:
+        check_edit_mode(mode, handles.shape[0], object_given=True)
+        check_mask(mask)
+        check_latents(latents, tuple(mask.shape))
+        check_points(handles, targets, tuple(mask.shape))
+    return shift_object(latents, mask, object_offset(handles, targets), mode, fill, generator)
+
+
+# --------------------------------------------------------------------------------------------
 # From pipeline_fastdrag.py
 # StableDiffusionFastDragPipeline: FastDrag (NeurIPS 2024) one-step drag editing for Diffusers.
 # --------------------------------------------------------------------------------------------
@@ -1198,7 +1283,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-# Far beyond any useful value; larger ones overflow half precision into NaN.
+# Far beyond any useful value: a bound that keeps huge values (1e308) from overflowing into NaN.
 MAX_GUIDANCE_SCALE = 100.0
 
 
@@ -1506,6 +1591,7 @@ class StableDiffusionFastDragPipeline(
         inversion_strength,
         guidance_scale,
         fill,
+        mode,
         preserve_consistency,
         inversion,
         generator,
@@ -1527,11 +1613,12 @@ class StableDiffusionFastDragPipeline(
             DEFAULT_STEPS if num_inference_steps is None else num_inference_steps,
             DEFAULT_STRENGTH if inversion_strength is None else inversion_strength,
         )
-        check_drag_points(handle_points, target_points, size)
+        handles, _ = check_drag_points(handle_points, target_points, size)
         mask_to_tensor(mask, size)
         check_real(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE_SCALE)
         if fill not in FILL_MODES:
             raise ValueError(f"`fill` must be one of {FILL_MODES}, got {fill!r}")
+        check_edit_mode(mode, len(handles), object_given=mask is not None)
         if not isinstance(preserve_consistency, (bool, np.bool_)):
             raise TypeError(f"`preserve_consistency` must be a bool, got {type(preserve_consistency).__name__}")
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -1969,20 +2056,21 @@ class StableDiffusionFastDragPipeline(
         mask: torch.Tensor,
         handles: torch.Tensor,
         targets: torch.Tensor,
+        mode: str,
         fill: str,
         generator: torch.Generator | None,
         graphs: GraphCache | None,
     ) -> torch.Tensor:
-        """The one-step warpage of the inverted latent (validated inputs; ``(row, col)`` points)."""
+        """The one-step edit of the inverted latent (validated inputs; ``(row, col)`` points)."""
         if graphs is None or fill == "noise":  # random numbers are drawn on the host's generator
-            return warp_latents(latents, mask, handles, targets, fill=fill, generator=generator, validate=False)
+            return edit_latents(latents, mask, handles, targets, mode, fill, generator, validate=False)
 
         def body(latents, mask, handles, targets):
-            return warp_latents(latents, mask, handles, targets, fill=fill, validate=False)
+            return edit_latents(latents, mask, handles, targets, mode, fill, validate=False)
 
         inputs = {"latents": latents, "mask": mask, "handles": handles, "targets": targets}
         keep_alive = warp_constants(*latents.shape[-2:], latents.device)
-        return graphs.run(("warp", fill), body, inputs, keep_alive)[0].clone()
+        return graphs.run(("warp", mode, fill), body, inputs, keep_alive)[0].clone()
 
     def _encode_and_invert(
         self,
@@ -2090,6 +2178,7 @@ class StableDiffusionFastDragPipeline(
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         fill: str = DEFAULT_FILL,
+        mode: str = DEFAULT_MODE,
         preserve_consistency: bool = True,
         inversion: FastDragInversion | None = None,
         generator: torch.Generator | None = None,
@@ -2132,6 +2221,10 @@ class StableDiffusionFastDragPipeline(
             negative_prompt_embeds (`torch.Tensor`, *optional*): the same for ``negative_prompt``.
             fill (`str`, defaults to `"bnni"`): how the pixels left empty by the warp are filled:
                 `"bnni"`, `"original"`, `"zeros"` or `"noise"`.
+            mode (`str`, defaults to `"drag"`): the one-step edit. `"drag"` warps the content from
+                the handles to the targets; `"move"` and `"copy"` take exactly one drag and the
+                object's `mask`, and paste the object at the drag's offset (rounded to whole latent
+                pixels), `"move"` also filling the place it left by `fill`.
             preserve_consistency (`bool`, defaults to `True`): replay the self-attention keys and
                 values recorded during inversion while sampling.
             inversion (`FastDragInversion`, *optional*): the result of `pipe.invert(image, ...)`;
@@ -2155,8 +2248,8 @@ class StableDiffusionFastDragPipeline(
         # 1. Check inputs. Raise error if not correct, before any model runs.
         self.check_inputs(
             image, handle_points, target_points, mask, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-            num_inference_steps, inversion_strength, guidance_scale, fill, preserve_consistency, inversion, generator,
-            output_type, callback_on_step_end_tensor_inputs,
+            num_inference_steps, inversion_strength, guidance_scale, fill, mode, preserve_consistency, inversion,
+            generator, output_type, callback_on_step_end_tensor_inputs,
         )
 
         # 2. Define call parameters: a cached inversion brings its image size, prompt and schedule.
@@ -2193,9 +2286,9 @@ class StableDiffusionFastDragPipeline(
         else:
             latents = self._load_inversion(inversion, kv, device)
 
-        # 6. One-step warpage: LWF, relocation and filling of the null pixels.
+        # 6. One-step latent edit: the warp (LWF, relocation, filling), or the object moved or copied.
         with self._phase("warp"):
-            latents = self._warp(latents, latent_mask, handles, targets, fill, generator, graphs)
+            latents = self._warp(latents, latent_mask, handles, targets, mode, fill, generator, graphs)
 
         # 7. Denoising loop: sample back to t = 0, replaying the recorded keys/values.
         with self._phase("sampling"):

@@ -89,3 +89,19 @@ def bnni_oracle(latents: np.ndarray, null: np.ndarray) -> np.ndarray:
             if weight_sum > 0:
                 out[..., r, c] = acc / weight_sum
     return out
+
+
+def shift_oracle(latents: np.ndarray, mask: np.ndarray, offset: tuple[int, int], mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Section 8, one destination pixel at a time: ``(pasted latents, null)``; ``null`` is the place a
+    ``"move"`` left (empty for ``"copy"``), still to be filled."""
+    height, width = mask.shape
+    out = latents.copy()
+    pasted = np.zeros_like(mask)
+    for r in range(height):
+        for c in range(width):
+            sr, sc = r - offset[0], c - offset[1]
+            if 0 <= sr < height and 0 <= sc < width and mask[sr, sc]:
+                out[..., r, c] = latents[..., sr, sc]
+                pasted[r, c] = True
+    null = mask & ~pasted if mode == "move" else np.zeros_like(mask)
+    return out, null

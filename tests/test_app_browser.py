@@ -119,9 +119,9 @@ def upload(page, path: Path) -> None:
 
 
 def paint_stroke(page, path: Path) -> None:
-    """Paint a horizontal stroke across the middle of the editor. Headless Chromium's software
-    WebGL sometimes shows the editor's canvas blank after an upload, and a stroke there paints
-    nothing: then give the file again and paint again (at most 3 times)."""
+    """Paint a horizontal stroke across the middle of the editor. Headless Chromium sometimes shows
+    the editor's canvas blank after an upload (about one run in ten here), and a stroke there paints
+    nothing: then reload the page (a fresh editor), upload again and paint again, at most 3 times."""
     for _ in range(3):
         canvas = page.locator("#editor canvas").first.bounding_box()
         page.mouse.move(canvas["x"] + canvas["width"] * 0.3, canvas["y"] + canvas["height"] * 0.5)
@@ -131,9 +131,11 @@ def paint_stroke(page, path: Path) -> None:
         try:
             page.wait_for_function("/px painted/.test(document.querySelector('#info').innerText)", timeout=10_000)
             return
-        except Exception:  # noqa: BLE001 - playwright's TimeoutError: upload again, paint again
-            page.locator("#editor input[type=file]").set_input_files(str(path))
-            page.wait_for_timeout(2_000)
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: a fresh page, upload, paint again
+            page.reload()
+            upload(page, path)
+            page.wait_for_function("/\\d+x\\d+ image/.test(document.querySelector('#info').innerText)")
+            page.wait_for_timeout(1_000)
 
 
 def natural_size(page, selector: str) -> tuple[int, int]:
@@ -189,6 +191,25 @@ def test_drag_edit_in_the_browser(app_url):
             assert "inversion " not in second.split(")", 1)[1] and "sampling" in second
             (artifacts / "run-times.txt").write_text(f"first run: {first}\nsecond run: {second}\n")
             page.screenshot(path=str(artifacts / "app.png"), full_page=True)
+
+            # 5b. Move the painted object instead: one drag, the preview shows it moved, Run edits
+            #     from the same cached inversion (every mode shares it).
+            page.locator("#mode label", has_text="move").click()
+            wait_text(page, "#info", r"1 drag\(s\)\. Click a point of the object")
+            dragged_preview = page.locator("#preview img").get_attribute("src")
+            click_image_pixel(page, "#points img", 26, 32)  # a click after a complete drag starts again
+            wait_text(page, "#info", r"0 drag\(s\)\. Click where it goes")
+            click_image_pixel(page, "#points img", 40, 22)
+            wait_text(page, "#info", r"1 drag\(s\)\. Click a point of the object")
+            page.wait_for_function(
+                "old => document.querySelector('#preview img')?.getAttribute('src') !== old", arg=dragged_preview
+            )
+            page.click("#run")
+            page.wait_for_function("old => document.querySelector('#status').innerText !== old", arg=second)
+            moved = wait_text(page, "#status", r"Edited in")
+            assert "cached inversion reused" in moved
+            page.locator("#mode label", has_text="drag").click()
+            wait_text(page, "#info", r"Click a handle")
 
             # 6. Use as input: the edit becomes the new image, with no points.
             page.click("#use")
