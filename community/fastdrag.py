@@ -426,6 +426,7 @@ DEFAULT_STRENGTH = 0.7
 ImagePointsLike = torch.Tensor | np.ndarray | Sequence[Sequence[float]]
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # read by value, not clipped to 8 bits
 _WHITE = (255, 255, 255)
 
 
@@ -574,7 +575,7 @@ def _has_alpha(image: PIL.Image.Image) -> bool:
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     """Any PIL image as 8-bit RGB by value: 16-bit and float gray scaled, transparency over white."""
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+    if image.mode in _WIDE_GRAY_MODES:
         gray = _gray_unit(image)
         return PIL.Image.fromarray(np.round(gray * 255).astype(np.uint8)).convert("RGB")
     if _has_alpha(image):
@@ -594,7 +595,7 @@ def image_to_tensor(image) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         return image.detach().reshape(1, *_tensor_chw(image, "image")).float().cpu()
     if isinstance(image, PIL.Image.Image):
-        if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        if image.mode in _WIDE_GRAY_MODES:
             image = _gray_unit(image)
         else:
             image = np.asarray(to_rgb(image))
@@ -623,7 +624,7 @@ def _mask_values(mask) -> torch.Tensor:
     if isinstance(mask, PIL.Image.Image):
         if _has_alpha(mask):
             mask = mask.convert("RGBA")
-        elif mask.mode not in ("1", "L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F", "RGB"):
+        elif mask.mode not in ("1", "L", "RGB", *_WIDE_GRAY_MODES):
             mask = mask.convert("RGB")
         mask = np.asarray(mask)
     if isinstance(mask, np.ndarray):
