@@ -18,7 +18,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import PIL.Image
@@ -153,6 +153,14 @@ def weights_fingerprint(model: torch.nn.Module | None) -> int | None:
     if model is None:
         return None
     return hash(tuple((id(parameter), parameter._version) for parameter in model.parameters()))
+
+
+class CallGraphs(NamedTuple):
+    """The graph cache one call uses, and what its UNet loops bake in besides their inputs (the
+    UNet's weights by address, its attention processors, the schedulers), read once per call."""
+
+    cache: GraphCache
+    signature: tuple
 
 
 def canonical_device(device: torch.device | str) -> torch.device:
@@ -678,8 +686,8 @@ class StableDiffusionFastDragPipeline(
                 self._cuda_graphs.clear()  # they read and write the old bank
         return state, self._kv_processors
 
-    def _graphs_for(self, device: torch.device) -> GraphCache | None:
-        """The graph cache when CUDA graphs are enabled and usable on ``device``, else None (eager)."""
+    def _graphs_for(self, device: torch.device) -> CallGraphs | None:
+        """The graphs when CUDA graphs are enabled and usable on ``device``, else None (eager)."""
         graphs = self._cuda_graphs
         if graphs is None:
             return None
@@ -690,7 +698,7 @@ class StableDiffusionFastDragPipeline(
                 logger.warning(f"CUDA graphs are enabled but cannot run {why}: running eagerly.")
                 self._warned_eager = True
             return None
-        return graphs
+        return CallGraphs(graphs, self._graph_signature())
 
     def _graph_signature(self) -> tuple:
         """What a captured UNet loop bakes in besides its inputs: the UNet's weights (by address),
@@ -709,7 +717,7 @@ class StableDiffusionFastDragPipeline(
         inputs: dict[str, torch.Tensor],
         steps: int,
         kv: tuple[KVState, dict] | None,
-        graphs: GraphCache | None,
+        graphs: CallGraphs | None,
         key: tuple,
     ) -> torch.Tensor:
         """``body(**inputs)``, with the FastDrag processors installed when ``kv`` is given: eagerly
@@ -719,7 +727,7 @@ class StableDiffusionFastDragPipeline(
             if graphs is None:
                 return body(**inputs, on_step=progress_bar.update)
             # A graph's outputs are overwritten by its next replay: hand out a copy.
-            latents = graphs.run((*key, self._graph_signature()), body, inputs)[0].clone()
+            latents = graphs.cache.run((*key, graphs.signature), body, inputs)[0].clone()
             progress_bar.update(steps)
             return latents
 
@@ -813,7 +821,7 @@ class StableDiffusionFastDragPipeline(
         timesteps: torch.Tensor,
         steps: list[int],
         kv: tuple[KVState, dict] | None,
-        graphs: GraphCache | None,
+        graphs: CallGraphs | None,
     ) -> torch.Tensor:
         """Run the inversion loop, recording keys/values when ``kv`` is given."""
         body = functools.partial(self._inversion_loop, steps=steps, kv=kv[0] if kv is not None else None)
@@ -828,7 +836,7 @@ class StableDiffusionFastDragPipeline(
         timesteps: torch.Tensor,
         steps: list[int],
         kv: tuple[KVState, dict] | None,
-        graphs: GraphCache | None,
+        graphs: CallGraphs | None,
         callback_on_step_end,
         callback_on_step_end_tensor_inputs: list[str],
     ) -> torch.Tensor:
@@ -855,7 +863,7 @@ class StableDiffusionFastDragPipeline(
         mode: str,
         fill: str,
         generator: torch.Generator | None,
-        graphs: GraphCache | None,
+        graphs: CallGraphs | None,
     ) -> torch.Tensor:
         """The one-step edit of the inverted latent (validated inputs; ``(row, col)`` points)."""
         if graphs is None or fill == "noise":  # random numbers are drawn on the host's generator
@@ -866,7 +874,7 @@ class StableDiffusionFastDragPipeline(
 
         inputs = {"latents": latents, "mask": mask, "handles": handles, "targets": targets}
         keep_alive = warp_constants(*latents.shape[-2:], latents.device)
-        return graphs.run(("warp", mode, fill), body, inputs, keep_alive)[0].clone()
+        return graphs.cache.run(("warp", mode, fill), body, inputs, keep_alive)[0].clone()
 
     def _encode_and_invert(
         self,
@@ -875,7 +883,7 @@ class StableDiffusionFastDragPipeline(
         timesteps: torch.Tensor,
         steps: list[int],
         kv: tuple[KVState, dict] | None,
-        graphs: GraphCache | None,
+        graphs: CallGraphs | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(z_0, z_t)``: the encoded image and its inversion, the keys/values recorded in ``kv``'s bank."""
         with self._phase("encode"):
