@@ -245,9 +245,10 @@ def evaluate(data: str | os.PathLike, results: str | os.PathLike, featurizer: Fe
     for sample in tqdm(samples, desc="DragBench eval", disable=not progress):
         record = latest.get(sample.key)
         problem = None
-        if record is not None and record.get("status") == "ok" and not is_done(record, results):
+        done = is_done(record, results)
+        if record is not None and record.get("status") == "ok" and not done:
             problem = "its edited image is missing or cannot be decoded; `dragbench run` redoes it"
-        elif is_done(record, results):
+        elif done:
             try:
                 scores.append(score_sample(sample, record, results, featurizer, distance))
                 continue
