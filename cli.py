@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from .app import DEFAULT_CACHE_MIB, DEFAULT_MAX_SIDE
+from .app import DEFAULT_CACHE_MIB, DEFAULT_MAX_SIDE, PipelineHolder, build_app, launch
 from .frontend import draw_arrows, first_line, format_phases, preview_drag
-from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH
+from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, check_drag_points, check_image, mask_to_tensor
 from .warpage import DEFAULT_FILL, DEFAULT_MODE, EDIT_MODES, FILL_MODES, check_edit_mode
 
 EXAMPLES = """examples:
@@ -73,8 +73,6 @@ def check_output(path: str) -> None:
 
 def read_inputs(args):
     """``(image, mask, handles, targets, size)`` from the command line, checked without a model."""
-    from .inputs import check_drag_points, check_image, mask_to_tensor
-
     image = open_image(args.image)
     mask = open_image(args.mask) if args.mask else None
     handles, targets = [d[0] for d in args.drag], [d[1] for d in args.drag]
@@ -350,8 +348,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_app(args) -> None:
-    from .app import PipelineHolder, build_app, launch
-
     pick_device_and_dtype(args.device, args.dtype)  # a bad --device is reported now, not at the first Run
 
     def load():
