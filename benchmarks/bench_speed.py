@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from fastdrag.cli import DTYPES, pick_device_and_dtype
+from fastdrag.cuda_graphs import GraphCache, capture_cuda_graph
 from fastdrag.inputs import DEFAULT_STEPS, DEFAULT_STRENGTH
 from fastdrag.pipeline_fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.timing import PHASES, synchronize
@@ -133,23 +134,15 @@ class BareUNetCalls:
     def __init__(self, pipe, latents, embeds, timesteps: list[int], graphed: bool):
         self.pipe, self.latents, self.embeds = pipe, latents, embeds
         self.timesteps = torch.tensor(timesteps, device=latents.device)
-        self.graph = None
-        if graphed:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                self.run_eagerly()
-            torch.cuda.current_stream().wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, stream=stream):
-                self.run_eagerly()
+        # Captured the way the pipeline captures its loops (side-stream warm-up, then the graph).
+        self.replay = capture_cuda_graph(self.run_eagerly, {}, GraphCache(1))[0] if graphed else None
 
     def run_eagerly(self):
         for i in range(len(self.timesteps)):
             self.pipe.unet(self.latents, self.timesteps[i], encoder_hidden_states=self.embeds, return_dict=False)
 
     def __call__(self):
-        self.graph.replay() if self.graph is not None else self.run_eagerly()
+        self.replay() if self.replay is not None else self.run_eagerly()
 
 
 @torch.no_grad()
