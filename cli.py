@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .app import DEFAULT_CACHE_MIB, DEFAULT_MAX_SIDE, PipelineHolder, build_app, launch
 from .frontend import draw_arrows, first_line, format_phases, preview_drag
+from .shapes import SHAPEDRAG_COUNT, SHAPEDRAG_SEED
 from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, check_drag_points, check_image, mask_to_tensor
 from .warpage import DEFAULT_FILL, DEFAULT_MODE, EDIT_MODES, FILL_MODES, check_edit_mode
 
@@ -21,6 +22,8 @@ EXAMPLES = """examples:
   fastdrag dragbench run --data drag_bench_data --out results/fastdrag
   accelerate launch --multi_gpu --num_processes 4 -m fastdrag dragbench run --data drag_bench_data --out results/fastdrag
   fastdrag dragbench eval --data drag_bench_data --results results/fastdrag
+  fastdrag shapedrag make --out shapedrag && fastdrag dragbench run --model examples/shapes-model --data shapedrag --out results/shapes
+  fastdrag shapedrag eval --data shapedrag --results results/shapes
 
 Points are image pixels (x, y): x the column, y the row. Repeat --drag for several drags.
 """
@@ -229,6 +232,7 @@ def dragbench_options(args):
         fill=args.fill,
         preserve_consistency=not args.no_consistency,
         seed=args.seed,
+        mode=args.mode,
     )
 
 
@@ -287,6 +291,38 @@ def run_dragbench_eval(args) -> None:
     print(f"wrote {json_path} and {md_path}")
 
 
+def run_shapedrag_make(args) -> None:
+    from .shapes import write_shapedrag
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out {out} exists and is not an empty folder")
+    if args.count < 1:
+        raise UsageError(f"--count must be at least 1, got {args.count}")
+    keys = write_shapedrag(out, args.count, args.seed)
+    print(f"wrote {len(keys)} ShapeDrag samples (seed {args.seed}) to {out}")
+
+
+def run_shapedrag_eval(args) -> None:
+    import json
+
+    from .shapes import SCORE_COLUMNS, score_folder, summarise, table
+
+    try:
+        scores = score_folder(args.data, args.results)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from error
+    if not scores:
+        raise UsageError(f"no edited ShapeDrag samples of {args.data} in {args.results}")
+    summary = summarise(list(scores.values()))
+    path = Path(args.results) / "shapedrag_eval.json"
+    path.write_text(json.dumps({"summary": summary, "samples": scores}, indent=1) + "\n")
+    name = Path(args.results).name
+    print(table({name: summary}, "samples", {name: len(scores)}))
+    print("\n".join(f"{column}: {meaning}" for column, meaning in SCORE_COLUMNS.items()))
+    print(f"wrote {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastdrag", description="FastDrag: one-step drag-based image editing.", epilog=EXAMPLES,
@@ -299,8 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--drag", type=parse_drag, action="append", required=True, metavar="X,Y:X,Y",
                          help="handle:target in image pixels; repeat for several drags")
         sub.add_argument("--mask", help="mask image, white (nonzero) = may move; default: whole image")
-        sub.add_argument("--mode", default=DEFAULT_MODE, choices=EDIT_MODES,
-                         help="drag the content (default), or move / copy the masked object by one drag")
+        mode_option(sub)
         sub.add_argument("-o", "--output", required=True, help="output image")
 
     preview = commands.add_parser("preview", help="warp the pixels directly: no model, instant",
@@ -324,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_options(run)
     cuda_graph_option(run)
     pipeline_options(run)
+    mode_option(run)
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     score = bench_commands.add_parser("eval", help="MD (DIFT) and 1 - LPIPS, overall and per category")
@@ -334,6 +370,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Stable Diffusion 2.1 Hub id or folder for DIFT features")
     device_options(score)
     score.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    shapes = commands.add_parser("shapedrag", help="ShapeDrag: shape drags with ground truth (docs/shapes-model.md)",
+                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    shape_commands = shapes.add_subparsers(dest="shape_command", required=True)
+    make = shape_commands.add_parser("make", help="write seeded samples in DragBench's layout, with their ground truth")
+    make.add_argument("--out", required=True, help="a new (or empty) folder")
+    make.add_argument("--count", type=int, default=SHAPEDRAG_COUNT, help=f"samples (default {SHAPEDRAG_COUNT})")
+    make.add_argument("--seed", type=int, default=SHAPEDRAG_SEED, help=f"seed (default {SHAPEDRAG_SEED})")
+    check = shape_commands.add_parser("eval", help="score a `dragbench run` of the samples against the ground truth")
+    check.add_argument("--data", required=True, help="the folder `shapedrag make` wrote")
+    check.add_argument("--results", required=True, help="the run's --out folder; shapedrag_eval.json goes there")
+
     app = commands.add_parser("app", help="the drag editor in the browser (needs the [app] extra)")
     model_options(app)
     cuda_graph_option(app)
@@ -375,6 +423,11 @@ def cuda_graph_option(sub: argparse.ArgumentParser) -> None:
                      help="on CUDA, run eagerly instead of replaying captured CUDA graphs (pipe.enable_cuda_graphs)")
 
 
+def mode_option(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--mode", default=DEFAULT_MODE, choices=EDIT_MODES,
+                     help="drag the content (default), or move / copy the masked object by one drag")
+
+
 def device_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda if available)")
     sub.add_argument("--dtype", default="auto", choices=DTYPES, help="default: float16 on CUDA, else float32")
@@ -411,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
             run_app(args)
         elif args.command == "dragbench":
             return {"run": run_dragbench_run, "eval": run_dragbench_eval}[args.bench_command](args) or 0
+        elif args.command == "shapedrag":
+            {"make": run_shapedrag_make, "eval": run_shapedrag_eval}[args.shape_command](args)
         else:
             {"preview": run_preview, "edit": run_edit}[args.command](args)
     except UsageError as error:

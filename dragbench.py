@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH
-from .warpage import DEFAULT_FILL
+from .warpage import DEFAULT_FILL, DEFAULT_MODE
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "run_config.json"
@@ -307,6 +307,7 @@ class EditOptions:
     fill: str = DEFAULT_FILL
     preserve_consistency: bool = True
     seed: int | None = None
+    mode: str = DEFAULT_MODE
 
 
 def edit_sample(pipe, data: SampleData, options: EditOptions) -> tuple[Any, dict[str, float]]:
@@ -324,6 +325,7 @@ def edit_sample(pipe, data: SampleData, options: EditOptions) -> tuple[Any, dict
             num_inference_steps=options.num_inference_steps,
             inversion_strength=options.inversion_strength,
             fill=options.fill,
+            mode=options.mode,
             preserve_consistency=options.preserve_consistency,
             generator=generator,
         ).images[0]
@@ -382,7 +384,7 @@ def run_dragbench(
     ``load_pipeline(device)`` returns the pipeline on that device; it is called once per process,
     and only if that process has samples to do, with the process's device (:func:`process_device`
     of ``device``). ``config`` says what else made the edits (model, dtype, ...): with the
-    options, the project version and the mode it is stamped in ``OUT/run_config.json``, and a
+    options (the mode among them) and the project version it is stamped in ``OUT/run_config.json``, and a
     folder stamped otherwise is refused (:class:`RunRefused`), as is a folder another run holds.
     Returns this process's counts.
     """
@@ -399,7 +401,7 @@ def run_dragbench(
     options = options or EditOptions()
     out = Path(out)
     samples = find_samples(data)
-    stamp = {**(config or {}), **dataclasses.asdict(options), "mode": "drag", "version": __version__}
+    stamp = {**(config or {}), **dataclasses.asdict(options), "version": __version__}
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     # The main process holds the folder for the whole launch; its other processes write under it.
