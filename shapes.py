@@ -364,7 +364,7 @@ EXAMPLE_CASE = DragCase(
     scene=Scene(
         background=(0.92, 0.88, 0.78),
         shapes=(
-            Shape("square", (48.0, 46.0), 8.0, (0.1, 0.55, 0.55)),
+            Shape("square", (50.0, 52.0), 7.0, (0.1, 0.55, 0.55)),
             Shape("disc", (22.0, 30.0), 8.0, (0.95, 0.45, 0.1), pattern="stripes", second_colour=(0.35, 0.1, 0.45),
                   period=5.0, angle=0.6),
         ),
