@@ -1,0 +1,162 @@
+"""The paper's ablations on ShapeDrag, measured with the embedded shapes model: one table.
+
+Every row edits the same seeded held-out samples (``fastdrag.shapes.random_drag_case``) and is
+scored against their ground truth (``fastdrag.shapes.score_edit``). Rows: FastDrag's defaults; the
+same one-step warp applied to the clean latent and decoded, with no inversion or sampling (what the
+VAE and the warp do alone); the unedited image; the paper's ablations (``fill``, K/V replay off,
+inversion strength, steps); and ``mode="move"``. Then the round trip (a zero-length drag) and
+the seed-to-seed spread of the defaults and of K/V replay off over further sample seeds.
+
+    python benchmarks/shapedrag_ablations.py --model examples/shapes-model          # CPU, minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from fastdrag.shapes import (
+    SCORE_COLUMNS, SHAPEDRAG_COUNT, SHAPEDRAG_SEED, psnr, random_drag_case, render, score_edit, summarise, table,
+    to_uint8, warp_and_decode,
+)
+
+BASELINE = "warp the clean latent, decode (no diffusion)"
+UNEDITED = "unedited image"
+DEFAULTS = "FastDrag defaults"
+NO_REPLAY = "K/V replay off"
+ROWS: dict[str, dict] = {
+    DEFAULTS: {},
+    BASELINE: {},
+    UNEDITED: {},
+    "fill = zeros": {"fill": "zeros"},
+    "fill = original": {"fill": "original"},
+    "fill = noise": {"fill": "noise"},
+    NO_REPLAY: {"preserve_consistency": False},
+    "inversion strength 0.5": {"inversion_strength": 0.5},
+    "inversion strength 0.9": {"inversion_strength": 0.9},
+    "20 steps": {"num_inference_steps": 20},
+    'mode = "move"': {"mode": "move"},
+}
+
+
+def held_out_cases(seed: int, count: int) -> list[dict]:
+    """``count`` ShapeDrag samples of ``seed``: the case, and its original and truth as 8-bit images."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(count):
+        case = random_drag_case(rng)
+        original = to_uint8(render(case.scene))
+        cases.append({"case": case, "original": original, "truth": to_uint8(render(case.truth()))})
+    return cases
+
+
+def edit(pipe, row: str, sample: dict, seed: int) -> np.ndarray:
+    """One edit of ``row``'s kind, as ``(H, W, 3)`` in [0, 1]."""
+    case = sample["case"]
+    image = Image.fromarray(sample["original"])
+    if row == UNEDITED:
+        return sample["original"] / 255.0
+    if row == BASELINE:
+        result = warp_and_decode(pipe, image, case.mask, [case.handle], [case.target])
+    else:
+        generator = torch.Generator("cpu").manual_seed(seed)
+        result = pipe(image, handle_points=[case.handle], target_points=[case.target], mask=case.mask,
+                      generator=generator, **ROWS[row]).images[0]
+    return np.asarray(result, dtype=np.float32) / 255
+
+
+def score_row(pipe, row: str, samples: list[dict], progress: bool) -> tuple[dict[str, float], float]:
+    """The mean scores of ``row`` over ``samples``, and its seconds per edit."""
+    scores, start = [], time.perf_counter()
+    for index, sample in enumerate(tqdm(samples, desc=row, disable=not progress, leave=False)):
+        case = sample["case"]
+        edited = edit(pipe, row, sample, seed=index)
+        scores.append(score_edit(edited, sample["original"] / 255.0, sample["truth"] / 255.0, case.key_colour,
+                                 case.mask, case.handle, case.target))
+    return summarise(scores), (time.perf_counter() - start) / len(samples)
+
+
+def round_trip(pipe, samples: list[dict]) -> dict[str, float]:
+    """Mean PSNR (dB) to the original of a zero-length drag: through the whole pipeline, and
+    through the VAE alone (the warp of a zero drag is the identity)."""
+    full, vae = [], []
+    for sample in samples:
+        case, image = sample["case"], Image.fromarray(sample["original"])
+        original = sample["original"] / 255.0
+        edited = pipe(image, handle_points=[case.handle], target_points=[case.handle], mask=case.mask).images[0]
+        full.append(psnr(np.asarray(edited, dtype=np.float32) / 255, original))
+        decoded = warp_and_decode(pipe, image, case.mask, [case.handle], [case.handle])
+        vae.append(psnr(np.asarray(decoded, dtype=np.float32) / 255, original))
+    return {"pipeline": float(np.mean(full)), "vae": float(np.mean(vae))}
+
+
+def main(argv=None) -> None:
+    from fastdrag import StableDiffusionFastDragPipeline
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="examples/shapes-model")
+    parser.add_argument("--count", type=int, default=SHAPEDRAG_COUNT, help="samples per seed")
+    parser.add_argument("--seed", type=int, default=SHAPEDRAG_SEED, help="the samples of the main table")
+    parser.add_argument("--spread-seeds", type=int, nargs="*", default=[2, 3],
+                        help="further sample seeds for the seed-to-seed spread")
+    parser.add_argument("--rows", nargs="*", default=list(ROWS), help="which rows (default: all)")
+    parser.add_argument("--json", help="also write the numbers here")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.rows) - set(ROWS))
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
+
+    pipe = StableDiffusionFastDragPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    progress = not args.no_progress
+    samples = held_out_cases(args.seed, args.count)
+
+    results, seconds = {}, {}
+    for row in args.rows:
+        results[row], seconds[row] = score_row(pipe, row, samples, progress)
+    trip = round_trip(pipe, samples)
+
+    # The seed-to-seed spread: the same two rows over other sample sets.
+    per_seed = {DEFAULTS: [], NO_REPLAY: []}
+    for seed in [args.seed, *args.spread_seeds]:
+        seed_samples = samples if seed == args.seed else held_out_cases(seed, args.count)
+        for row in per_seed:
+            summary = results[row] if seed == args.seed and row in results else score_row(pipe, row, seed_samples, progress)[0]
+            per_seed[row].append(summary)
+
+    command = "python benchmarks/shapedrag_ablations.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    print(f"ShapeDrag: {args.count} samples of seed {args.seed}, model {args.model}, {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__}\n{command}\n")
+    print(table(results, "s / edit", {row: f"{seconds[row]:.2f}" for row in results}))
+    print("\n" + "\n".join(f"- {column}: {meaning}" for column, meaning in SCORE_COLUMNS.items()))
+    print(f"\nRound trip (zero-length drag), mean PSNR to the original: pipeline {trip['pipeline']:.2f} dB, "
+          f"VAE alone {trip['vae']:.2f} dB")
+    seeds = [args.seed, *args.spread_seeds]
+    print(f"\nSeed-to-seed spread ({len(seeds)} sample seeds {seeds}, {args.count} samples each): mean (std of the seed means)")
+    print("| run | " + " | ".join(SCORE_COLUMNS) + " |\n|" + "---|" * (len(SCORE_COLUMNS) + 1))
+    for row, summaries in per_seed.items():
+        cells = []
+        for column in SCORE_COLUMNS:
+            values = [summary[column] for summary in summaries]
+            spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+            cells.append(f"{statistics.mean(values):.3f} ({spread:.3f})")
+        print(f"| {row} | " + " | ".join(cells) + " |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"command": command, "rows": results, "seconds": seconds, "round_trip": trip,
+                       "per_seed": {row: dict(zip(map(str, seeds), s)) for row, s in per_seed.items()}}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
