@@ -10,8 +10,8 @@ from pathlib import Path
 
 from .app import DEFAULT_CACHE_MIB, DEFAULT_MAX_SIDE, PipelineHolder, build_app, launch
 from .frontend import draw_arrows, first_line, format_phases, preview_drag
-from .shapes import SHAPEDRAG_COUNT, SHAPEDRAG_SEED
 from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, check_drag_points, check_image, mask_to_tensor
+from .shapes import SHAPEDRAG_COUNT, SHAPEDRAG_SEED
 from .warpage import DEFAULT_FILL, DEFAULT_MODE, EDIT_MODES, FILL_MODES, check_edit_mode
 
 EXAMPLES = """examples:

@@ -6,6 +6,7 @@ fails. The screenshot goes to `$FASTDRAG_ARTIFACTS` (default `test-artifacts/`);
 shows one made by this test.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -13,10 +14,11 @@ import socket
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fastdrag import StableDiffusionFastDragPipeline
-from tiny_models import tiny_components
+from fastdrag.shapes import EXAMPLE_CASE, render, score_edit, to_uint8
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("FASTDRAG_CHROMIUM", "/usr/bin/chromium")
@@ -61,7 +63,8 @@ def app_url():
     from fastdrag.app import PipelineHolder, build_app, launch
 
     def load():
-        pipe = StableDiffusionFastDragPipeline(**tiny_components())
+        # The embedded shapes model (docs/shapes-model.md): a drag really moves an object.
+        pipe = StableDiffusionFastDragPipeline.from_pretrained(ROOT / "examples" / "shapes-model")
         # Slow enough (about 2 s a Run) that the page can act while a Run works.
         pipe.unet.register_forward_pre_hook(lambda *args: time.sleep(UNET_SECONDS))
         return pipe
@@ -136,6 +139,22 @@ def paint_stroke(page, path: Path) -> None:
             upload(page, path)
             page.wait_for_function("/\\d+x\\d+ image/.test(document.querySelector('#info').innerText)")
             page.wait_for_timeout(1_000)
+
+
+def shown_image(page, selector: str):
+    """The image an ``img`` shows, as ``(H, W, 3)`` floats in [0, 1], fetched from its ``src``."""
+    import base64
+    import io
+    from urllib.parse import urljoin
+
+    from PIL import Image
+
+    src = page.locator(selector).get_attribute("src")
+    if src.startswith("data:"):
+        data = base64.b64decode(src.split(",", 1)[1])
+    else:
+        data = page.request.get(urljoin(page.url, src)).body()
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32) / 255
 
 
 def natural_size(page, selector: str) -> tuple[int, int]:
@@ -227,6 +246,32 @@ def test_drag_edit_in_the_browser(app_url):
             wait_text(page, "#info", r"64x64 image, mask: whole image, 0 drag")
             page.click("#run")
             wait_text(page, "#status", r"Error: add at least one drag")
+
+            # 8. A real drag: the striped disc of examples/drag_me.png, whole image as the mask, goes
+            #    to its target in the edit the page shows.
+            before = page.locator("#points img").get_attribute("src")
+            page.locator("#editor input[type=file]").set_input_files(str(ROOT / "examples" / "drag_me.png"))
+            page.wait_for_function("old => document.querySelector('#points img')?.getAttribute('src') !== old", arg=before)
+            wait_text(page, "#info", r"64x64 image, mask: whole image, 0 drag")
+            # The upload re-renders the points view once more after its first update: a click
+            # landing in between is lost, so click again until the page has it.
+            for _ in range(5):
+                page.wait_for_timeout(1_000)
+                click_image_pixel(page, "#points img", *map(int, EXAMPLE_CASE.handle))
+                with contextlib.suppress(Exception):  # playwright's TimeoutError: click once more
+                    page.wait_for_function("/Click the target/.test(document.querySelector('#info').innerText)",
+                                           timeout=5_000)
+                    break
+            wait_text(page, "#info", r"0 drag\(s\)\. Click the target")
+            click_image_pixel(page, "#points img", *map(int, EXAMPLE_CASE.target))
+            wait_text(page, "#info", r"1 drag\(s\)\. Click a handle")
+            page.click("#run")
+            assert "inverted this image" in wait_text(page, "#status", r"Edited in")
+            whole = np.ones((MAX_SIDE, MAX_SIDE), bool)
+            score = score_edit(shown_image(page, "#result img"), to_uint8(render(EXAMPLE_CASE.scene)) / 255.0,
+                               to_uint8(render(EXAMPLE_CASE.truth())) / 255.0, EXAMPLE_CASE.key_colour, whole,
+                               EXAMPLE_CASE.handle, EXAMPLE_CASE.target)
+            assert score["share"] > 0.5 and score["distance"] < 5.0, score
         finally:
             browser.close()
     assert (artifacts / "app.png").stat().st_size > 10_000

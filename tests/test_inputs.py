@@ -371,7 +371,7 @@ def test_defaults_and_choice_lists_have_one_home():
                 found.append("the fill list")
         return found
 
-    for name in ("cli", "app", "dragbench", "pipeline_fastdrag", "frontend", "metrics", "testing"):
+    for name in ("cli", "app", "dragbench", "pipeline_fastdrag", "frontend", "metrics", "testing", "shapes"):
         assert retyped(name) == [], name
     assert retyped("inputs") == ["0.7"] and retyped("warpage") == ["the fill list"]
     assert warpage.FILL_MODES[0] == warpage.DEFAULT_FILL
