@@ -3,7 +3,7 @@
 These tests use the trained weights in ``examples/shapes-model`` (written by
 ``benchmarks/train_shapes_model.py``) on held-out ShapeDrag samples with known ground truth. The
 same check that passes for the pipeline is run on pipelines broken on purpose (the warp a no-op,
-the K/V replay reading the wrong steps, sampling out of step with the inversion), and must fail on
+the K/V replay finding nothing recorded, sampling out of step with the inversion), and must fail on
 each: it tells a working drag from a broken one, not only that the code runs.
 """
 
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import fastdrag.pipeline_fastdrag as pipeline_module
