@@ -44,7 +44,8 @@ CONFIG_FILE = "run_config.json"
 LOCK_FILE = ".lock"
 EDITED_FILE = "dragged_image.png"
 PARTIAL_SUFFIX = ".partial.png"
-SAMPLE_FILES = ("original_image.png", "meta_data.pkl")
+META_FILE = "meta_data.pkl"
+SAMPLE_FILES = ("original_image.png", META_FILE)
 
 
 class RunRefused(Exception):
@@ -136,7 +137,7 @@ def load_sample(sample: Sample) -> SampleData:
     """Read a sample. The image is returned as stored (the pipeline reads any mode by value)."""
     from PIL import Image
 
-    meta = load_meta(sample.folder / "meta_data.pkl")
+    meta = load_meta(sample.folder / META_FILE)
     handles, targets = split_points(meta["points"])
     prompt = meta.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
@@ -145,6 +146,17 @@ def load_sample(sample: Sample) -> SampleData:
     image.load()
     mask = np.asarray(meta["mask"]) != 0
     return SampleData(image=image, prompt=prompt or "", handles=handles, targets=targets, mask=mask)
+
+
+def write_sample(folder: Path, image, points: Iterable, mask: np.ndarray, prompt: str = "") -> None:
+    """Write one sample into the existing ``folder`` in DragBench's layout: ``image`` (PIL, saved
+    as ``original_image.png`` and ``user_drag.png``), ``points`` alternating handle and target
+    ``[x, y]``, ``mask`` ``(H, W)``, nonzero where content may move."""
+    image.save(folder / "original_image.png")
+    image.save(folder / "user_drag.png")
+    with open(folder / META_FILE, "wb") as f:
+        pickle.dump({"prompt": prompt, "points": [list(point) for point in points],
+                     "mask": np.asarray(mask).astype(np.uint8)}, f)
 
 
 # --------------------------------------------------------------------------------------------

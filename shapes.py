@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .dragbench import EDITED_FILE, META_FILE, find_samples, load_meta, write_sample
 from .warpage import DEFAULT_FILL, DEFAULT_MODE, edit_latents
 
 IMAGE_SIZE = 64
@@ -42,7 +42,6 @@ GROUND_TRUTH_FILE = "shapedrag.json"
 # The benchmark's defaults: 100 samples from seed 1 (the training scenes come from other seeds).
 SHAPEDRAG_COUNT, SHAPEDRAG_SEED = 100, 1
 TARGET_FILE = "target_image.png"
-EDITED_FILE = "dragged_image.png"
 
 
 @dataclass(frozen=True)
@@ -220,13 +219,8 @@ def write_shapedrag(root: str | os.PathLike, count: int, seed: int, size: int = 
         key = f"shapes/{index:04d}"
         folder = Path(root) / key
         folder.mkdir(parents=True, exist_ok=True)
-        original = Image.fromarray(to_uint8(render(case.scene, size)))
-        original.save(folder / "original_image.png")
-        original.save(folder / "user_drag.png")
+        write_sample(folder, Image.fromarray(to_uint8(render(case.scene, size))), [case.handle, case.target], case.mask)
         Image.fromarray(to_uint8(render(case.truth(), size))).save(folder / TARGET_FILE)
-        with open(folder / "meta_data.pkl", "wb") as f:
-            pickle.dump({"prompt": "", "points": [list(case.handle), list(case.target)],
-                         "mask": case.mask.astype(np.uint8)}, f)
         truth = {"handle": case.handle, "target": case.target, "key_colour": case.key_colour,
                  "scene": asdict(case.scene)}
         (folder / GROUND_TRUTH_FILE).write_text(json.dumps(truth, indent=1) + "\n")
@@ -293,6 +287,16 @@ def score_edit(edited: np.ndarray, original: np.ndarray, truth: np.ndarray, key_
     }
 
 
+def score_drag(edited, case: DragCase, mask: np.ndarray | None = None) -> dict[str, float]:
+    """:func:`score_edit` of an edit of ``case`` (a PIL image or an ``(H, W, 3)`` uint8 array),
+    against the case's scene and truth rendered at 8 bits as the edit saw them; ``mask`` (the
+    region searched for the object and left out of ``psnr_outside``) defaults to the case's."""
+    original, truth = (to_uint8(render(scene, case.mask.shape[0])) / 255.0 for scene in (case.scene, case.truth()))
+    mask = case.mask if mask is None else mask
+    return score_edit(np.asarray(edited, dtype=np.float32) / 255, original, truth, case.key_colour, mask,
+                      case.handle, case.target)
+
+
 def load_image(path: Path) -> np.ndarray:
     from PIL import Image
 
@@ -303,15 +307,13 @@ def load_image(path: Path) -> np.ndarray:
 def score_folder(data: str | os.PathLike, results: str | os.PathLike) -> dict[str, dict[str, float]]:
     """Scores of every ShapeDrag sample in ``data`` edited in ``results``
     (``results/<key>/dragged_image.png``), keyed by sample. Samples with no edit are left out."""
-    from .dragbench import find_samples, load_meta
-
     scores = {}
     for sample in find_samples(data):
         edited_path = Path(results) / sample.key / EDITED_FILE
         if not edited_path.is_file():
             continue
         truth = json.loads((sample.folder / GROUND_TRUTH_FILE).read_text())
-        mask = np.asarray(load_meta(sample.folder / "meta_data.pkl")["mask"]) != 0
+        mask = np.asarray(load_meta(sample.folder / META_FILE)["mask"]) != 0
         scores[sample.key] = score_edit(
             load_image(edited_path), load_image(sample.folder / "original_image.png"),
             load_image(sample.folder / TARGET_FILE), truth["key_colour"], mask, truth["handle"], truth["target"],

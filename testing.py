@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import tempfile
 from pathlib import Path
 
@@ -97,15 +96,14 @@ def write_dragbench(root, samples: dict[str, list[list[float]]], size: int = 32,
     centre, ``size // 8`` pixels in from each border."""
     from PIL import Image
 
+    from .dragbench import write_sample
+
     rng = np.random.default_rng(seed)
     border = size // 8
     for key, points in samples.items():
         folder = Path(root) / key
         folder.mkdir(parents=True)
         image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(image).save(folder / "original_image.png")
-        Image.fromarray(image).save(folder / "user_drag.png")
         mask = np.zeros((size, size), np.uint8)
         mask[border : size - border, border : size - border] = 1
-        with open(folder / "meta_data.pkl", "wb") as f:
-            pickle.dump({"prompt": f"a photo of {key}", "points": points, "mask": mask}, f)
+        write_sample(folder, Image.fromarray(image), points, mask, prompt=f"a photo of {key}")

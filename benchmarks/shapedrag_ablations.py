@@ -26,8 +26,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from fastdrag.shapes import (
-    SCORE_COLUMNS, SHAPEDRAG_COUNT, SHAPEDRAG_SEED, psnr, random_drag_case, render, score_edit, summarise, table,
-    to_uint8, warp_and_decode,
+    SCORE_COLUMNS, SHAPEDRAG_COUNT, SHAPEDRAG_SEED, DragCase, psnr, random_drag_case, render, score_drag, summarise,
+    table, to_uint8, warp_and_decode,
 )
 
 BASELINE = "warp the clean latent, decode (no diffusion)"
@@ -49,50 +49,43 @@ ROWS: dict[str, dict] = {
 }
 
 
-def held_out_cases(seed: int, count: int) -> list[dict]:
-    """``count`` ShapeDrag samples of ``seed``: the case, and its original and truth as 8-bit images."""
+def held_out_cases(seed: int, count: int) -> list[DragCase]:
+    """``count`` ShapeDrag samples of ``seed``."""
     rng = np.random.default_rng(seed)
-    cases = []
-    for _ in range(count):
-        case = random_drag_case(rng)
-        original = to_uint8(render(case.scene))
-        cases.append({"case": case, "original": original, "truth": to_uint8(render(case.truth()))})
-    return cases
+    return [random_drag_case(rng) for _ in range(count)]
 
 
-def edit(pipe, row: str, sample: dict, seed: int) -> np.ndarray:
-    """One edit of ``row``'s kind, as ``(H, W, 3)`` in [0, 1]."""
-    case = sample["case"]
-    image = Image.fromarray(sample["original"])
+def original_image(case: DragCase) -> Image.Image:
+    return Image.fromarray(to_uint8(render(case.scene)))
+
+
+def edit(pipe, row: str, case: DragCase, seed: int):
+    """One edit of ``row``'s kind: a PIL image."""
+    image = original_image(case)
     if row == UNEDITED:
-        return sample["original"] / 255.0
+        return image
     if row == BASELINE:
-        result = warp_and_decode(pipe, image, case.mask, [case.handle], [case.target])
-    else:
-        generator = torch.Generator("cpu").manual_seed(seed)
-        result = pipe(image, handle_points=[case.handle], target_points=[case.target], mask=case.mask,
-                      generator=generator, **ROWS[row]).images[0]
-    return np.asarray(result, dtype=np.float32) / 255
+        return warp_and_decode(pipe, image, case.mask, [case.handle], [case.target])
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return pipe(image, handle_points=[case.handle], target_points=[case.target], mask=case.mask,
+                generator=generator, **ROWS[row]).images[0]
 
 
-def score_row(pipe, row: str, samples: list[dict], progress: bool) -> tuple[dict[str, float], float]:
-    """The mean scores of ``row`` over ``samples``, and its seconds per edit."""
+def score_row(pipe, row: str, cases: list[DragCase], progress: bool) -> tuple[dict[str, float], float]:
+    """The mean scores of ``row`` over ``cases``, and its seconds per edit."""
     scores, start = [], time.perf_counter()
-    for index, sample in enumerate(tqdm(samples, desc=row, disable=not progress, leave=False)):
-        case = sample["case"]
-        edited = edit(pipe, row, sample, seed=index)
-        scores.append(score_edit(edited, sample["original"] / 255.0, sample["truth"] / 255.0, case.key_colour,
-                                 case.mask, case.handle, case.target))
-    return summarise(scores), (time.perf_counter() - start) / len(samples)
+    for index, case in enumerate(tqdm(cases, desc=row, disable=not progress, leave=False)):
+        scores.append(score_drag(edit(pipe, row, case, seed=index), case))
+    return summarise(scores), (time.perf_counter() - start) / len(cases)
 
 
-def round_trip(pipe, samples: list[dict]) -> dict[str, float]:
+def round_trip(pipe, cases: list[DragCase]) -> dict[str, float]:
     """Mean PSNR (dB) to the original of a zero-length drag: through the whole pipeline, and
     through the VAE alone (the warp of a zero drag is the identity)."""
     full, vae = [], []
-    for sample in samples:
-        case, image = sample["case"], Image.fromarray(sample["original"])
-        original = sample["original"] / 255.0
+    for case in cases:
+        image = original_image(case)
+        original = np.asarray(image, dtype=np.float32) / 255
         edited = pipe(image, handle_points=[case.handle], target_points=[case.handle], mask=case.mask).images[0]
         full.append(psnr(np.asarray(edited, dtype=np.float32) / 255, original))
         decoded = warp_and_decode(pipe, image, case.mask, [case.handle], [case.handle])
@@ -120,19 +113,19 @@ def main(argv=None) -> None:
     pipe = StableDiffusionFastDragPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     progress = not args.no_progress
-    samples = held_out_cases(args.seed, args.count)
+    cases = held_out_cases(args.seed, args.count)
 
     results, seconds = {}, {}
     for row in args.rows:
-        results[row], seconds[row] = score_row(pipe, row, samples, progress)
-    trip = round_trip(pipe, samples)
+        results[row], seconds[row] = score_row(pipe, row, cases, progress)
+    trip = round_trip(pipe, cases)
 
     # The seed-to-seed spread: the same two rows over other sample sets.
     per_seed = {DEFAULTS: [], NO_REPLAY: []}
     for seed in [args.seed, *args.spread_seeds]:
-        seed_samples = samples if seed == args.seed else held_out_cases(seed, args.count)
+        seed_cases = cases if seed == args.seed else held_out_cases(seed, args.count)
         for row in per_seed:
-            summary = results[row] if seed == args.seed and row in results else score_row(pipe, row, seed_samples, progress)[0]
+            summary = results[row] if seed == args.seed and row in results else score_row(pipe, row, seed_cases, progress)[0]
             per_seed[row].append(summary)
 
     command = "python benchmarks/shapedrag_ablations.py " + shlex.join(sys.argv[1:] if argv is None else argv)

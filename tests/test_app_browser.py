@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fastdrag import StableDiffusionFastDragPipeline
-from fastdrag.shapes import EXAMPLE_CASE, render, score_edit, to_uint8
+from fastdrag.shapes import EXAMPLE_CASE, score_drag
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("FASTDRAG_CHROMIUM", "/usr/bin/chromium")
@@ -142,7 +142,7 @@ def paint_stroke(page, path: Path) -> None:
 
 
 def shown_image(page, selector: str):
-    """The image an ``img`` shows, as ``(H, W, 3)`` floats in [0, 1], fetched from its ``src``."""
+    """The image an ``img`` shows, as an RGB PIL image, fetched from its ``src``."""
     import base64
     import io
     from urllib.parse import urljoin
@@ -154,7 +154,7 @@ def shown_image(page, selector: str):
         data = base64.b64decode(src.split(",", 1)[1])
     else:
         data = page.request.get(urljoin(page.url, src)).body()
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32) / 255
+    return Image.open(io.BytesIO(data)).convert("RGB")
 
 
 def natural_size(page, selector: str) -> tuple[int, int]:
@@ -267,10 +267,7 @@ def test_drag_edit_in_the_browser(app_url):
             wait_text(page, "#info", r"1 drag\(s\)\. Click a handle")
             page.click("#run")
             assert "inverted this image" in wait_text(page, "#status", r"Edited in")
-            whole = np.ones((MAX_SIDE, MAX_SIDE), bool)
-            score = score_edit(shown_image(page, "#result img"), to_uint8(render(EXAMPLE_CASE.scene)) / 255.0,
-                               to_uint8(render(EXAMPLE_CASE.truth())) / 255.0, EXAMPLE_CASE.key_colour, whole,
-                               EXAMPLE_CASE.handle, EXAMPLE_CASE.target)
+            score = score_drag(shown_image(page, "#result img"), EXAMPLE_CASE, mask=np.ones((MAX_SIDE, MAX_SIDE), bool))
             assert score["share"] > 0.5 and score["distance"] < 5.0, score
         finally:
             browser.close()
