@@ -32,6 +32,7 @@ from .warpage import DEFAULT_FILL, DEFAULT_MODE, EDIT_MODES, FILL_MODES
 
 DEFAULT_MAX_SIDE = 512
 DEFAULT_FACTOR = 8
+MIN_MAX_SIDE = DEFAULT_FACTOR  # one latent pixel of Stable Diffusion's VAE: nothing smaller can be edited
 DEFAULT_CACHE_MIB = 2048  # about ten SD 1.5 inversions at 512x512 in fp16
 VIEW_SIDE = 512  # smaller images are shown enlarged by an integer factor up to this
 ADVANCED_DEFAULTS = {"prompt": "", "steps": DEFAULT_STEPS, "strength": DEFAULT_STRENGTH, "fill": DEFAULT_FILL,

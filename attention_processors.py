@@ -15,8 +15,6 @@ This module imports nothing relative, so Diffusers can copy it beside a local
 ``custom_pipeline`` file.
 """
 
-from __future__ import annotations
-
 import contextlib
 import math
 from collections.abc import Iterator

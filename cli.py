@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from .app import DEFAULT_CACHE_MIB, DEFAULT_MAX_SIDE, PipelineHolder, build_app, launch
+from . import __version__
+from .app import DEFAULT_CACHE_MIB, DEFAULT_MAX_SIDE, MIN_MAX_SIDE, PipelineHolder, build_app, launch
+from .compat import from_pretrained_dtype
 from .frontend import draw_arrows, first_line, format_phases, preview_drag
-from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, check_drag_points, check_image, mask_to_tensor
+from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, check_drag_points, check_image, check_schedule, mask_to_tensor
 from .shapes import SHAPEDRAG_COUNT, SHAPEDRAG_SEED
 from .warpage import DEFAULT_FILL, DEFAULT_MODE, EDIT_MODES, FILL_MODES, check_edit_mode
 
@@ -29,6 +31,8 @@ Points are image pixels (x, y): x the column, y the row. Repeat --drag for sever
 """
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# Stable Diffusion's training steps: the bound on --steps when a model's scheduler config cannot be read.
+DEFAULT_TRAIN_STEPS = 1000
 
 
 class UsageError(Exception):
@@ -146,40 +150,121 @@ def why_not_loaded(name: str, error: BaseException) -> str:
     return f"cannot load model {name!r}: {text if len(text) <= 200 else text[:197] + '...'}"
 
 
-def vae_scale_factor_of(model: str) -> int | None:
-    """The VAE scale factor from ``model``'s VAE config alone (no weights), or None if it cannot be read."""
-    from diffusers import AutoencoderKL
+def model_config(model: str, component: str, local_files_only: bool) -> dict:
+    """The config of ``model``'s ``component`` (``"vae"`` or ``"scheduler"``) alone, no weights; ``{}``
+    if it cannot be read (then loading the model says why)."""
+    from diffusers import AutoencoderKL, DDIMScheduler
 
+    reader = {"vae": AutoencoderKL, "scheduler": DDIMScheduler}[component]
     try:
-        config = AutoencoderKL.load_config(model, subfolder="vae")
+        return reader.load_config(model, subfolder=component, local_files_only=local_files_only)
     except Exception:  # noqa: BLE001 - then the model load reports it properly
+        return {}
+
+
+def check_schedule_options(args, model_offline: bool) -> None:
+    """``--steps`` and ``--strength`` against the model's scheduler (SD's 1000 training steps when its
+    config cannot be read), before the model loads."""
+    scheduler = model_config(args.model, "scheduler", model_offline) if args.model else {}
+    try:
+        check_schedule(args.steps, args.strength, scheduler.get("num_train_timesteps", DEFAULT_TRAIN_STEPS))
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+
+def check_server_options(args) -> None:
+    """The editor's numbers: a port it can bind, a size it can fit images to, a cache of whole MiB."""
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must be an integer from 1 to 65535, got {args.port}")
+    if args.max_side < MIN_MAX_SIDE:
+        raise UsageError(f"--max-side must be at least {MIN_MAX_SIDE} pixels, got {args.max_side}")
+    if args.cache < 0:
+        raise UsageError(f"--cache must be at least 0 MiB, got {args.cache}")
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached now, or ``None`` when it may be.
+
+    ``HF_HUB_OFFLINE`` says so at once; otherwise one TCP connection to the Hub's endpoint, at most
+    2 s, instead of the Hub client's retries (half a minute) before the same answer. Behind a proxy
+    a direct connection proves nothing, so there the Hub is taken as reachable.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None
-    return 2 ** (len(config.get("block_out_channels", (0,) * 4)) - 1)
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=2).close()
+    except OSError as error:
+        return f"no connection to {endpoint.hostname}: {error.strerror or error}"
+    return None
 
 
-def load_pipeline(model: str, unet: str | None, dtype):
+def check_model_source(name: str, option: str, hub_files: tuple[str, ...], unreachable: str | None) -> None:
+    """``--model`` / ``--unet`` before any weights load: an existing folder, or a Hub id that is in the
+    local cache (any of ``hub_files`` in it) or can be downloaded; otherwise a :class:`UsageError`."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return
+    # A name whose first part is a folder here is a mistyped path, not a Hub id.
+    if path.exists() or looks_like_a_path(name) or Path(name.split("/")[0]).expanduser().is_dir():
+        raise UsageError(f"{option} {name}: no such folder")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise UsageError(f"{option} {name!r}: neither a folder nor a Hub id (owner/name)") from None
+    if unreachable and not any(isinstance(try_to_load_from_cache(name, f), str) for f in hub_files):
+        raise UsageError(f"{option} {name}: not in the local Hugging Face cache, and the Hub cannot be reached "
+                         f"({unreachable}); download it once with a connection, or pass a local folder")
+
+
+def check_model_sources(args) -> bool:
+    """Check ``--model`` and ``--unet`` (see :func:`check_model_source`); True when they must load from
+    the local cache alone, as the Hub cannot be reached."""
+    unreachable = None
+    names = [args.model, *([args.unet] if args.unet else [])]
+    if not all(Path(name).expanduser().is_dir() for name in names):
+        unreachable = hub_unreachable()
+    check_model_source(args.model, "--model", ("model_index.json",), unreachable)
+    if args.unet:
+        check_model_source(args.unet, "--unet", ("unet/config.json", "config.json"), unreachable)
+    return unreachable is not None
+
+
+def load_pipeline(model: str, unet: str | None, dtype, local_files_only: bool = False):
     from diffusers import UNet2DConditionModel
 
     from .pipeline_fastdrag import StableDiffusionFastDragPipeline
 
     name = model
+    load = {**from_pretrained_dtype(dtype), "local_files_only": local_files_only}
     try:
         kwargs = {}
         if unet:
             name = unet
             subfolder = None if (Path(unet) / "config.json").is_file() else "unet"
-            kwargs["unet"] = UNet2DConditionModel.from_pretrained(unet, subfolder=subfolder, dtype=dtype)
+            kwargs["unet"] = UNet2DConditionModel.from_pretrained(unet, subfolder=subfolder, **load)
             name = model
-        return StableDiffusionFastDragPipeline.from_pretrained(model, dtype=dtype, **kwargs)
+        return StableDiffusionFastDragPipeline.from_pretrained(model, **load, **kwargs)
     except Exception as error:  # noqa: BLE001 - Hub, file and config errors all mean "cannot load this"
         raise UsageError(why_not_loaded(name, error)) from error
 
 
-def load_on_device(args, device: str):
+def load_on_device(args, device: str, local_files_only: bool = False):
     """The pipeline of ``--model``/``--unet`` on ``device`` (``"auto"``, ``"cuda"``, ...), with CUDA
     graphs on when it is a CUDA device, unless ``--no-cuda-graphs``."""
     device, dtype = pick_device_and_dtype(device, args.dtype)
-    pipe = load_pipeline(args.model, args.unet, dtype).to(device)
+    pipe = load_pipeline(args.model, args.unet, dtype, local_files_only).to(device)
     if device.type == "cuda" and not args.no_cuda_graphs:
         pipe.enable_cuda_graphs()
     return pipe
@@ -192,11 +277,14 @@ def run_edit(args) -> None:
     check_output(args.output)
     image, mask, handles, targets, (height, width) = read_inputs(args)
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
-    factor = vae_scale_factor_of(args.model)
+    offline = check_model_sources(args)
+    check_schedule_options(args, offline)
+    blocks = model_config(args.model, "vae", offline).get("block_out_channels")
+    factor = 2 ** (len(blocks) - 1) if blocks else None
     if factor and (height % factor or width % factor):
         raise UsageError(f"{args.image} is {width}x{height}: its sides must be multiples of {factor} for this model")
     start = time.perf_counter()
-    pipe = load_pipeline(args.model, args.unet, dtype).to(device)
+    pipe = load_pipeline(args.model, args.unet, dtype, offline).to(device)
     loaded = time.perf_counter()
     generator = torch.Generator(device="cpu").manual_seed(args.seed) if args.seed is not None else None
     try:
@@ -239,15 +327,17 @@ def dragbench_options(args):
 def run_dragbench_run(args) -> int:
     from .dragbench import RunRefused, find_samples, run_dragbench
 
+    _, dtype = pick_device_and_dtype(args.device, args.dtype)  # a bad --device is reported before any work
+    offline = check_model_sources(args)
+    check_schedule_options(args, offline)
     try:
         if not find_samples(args.data):
             raise UsageError(f"no DragBench samples (<category>/<sample>/meta_data.pkl) under {args.data}")
     except FileNotFoundError as error:
         raise UsageError(str(error)) from error
-    _, dtype = pick_device_and_dtype(args.device, args.dtype)  # a bad --device is reported before any work
 
     def load(process_device: str):
-        return load_on_device(args, process_device)
+        return load_on_device(args, process_device, offline)
 
     config = {"model": args.model, "unet": args.unet, "dtype": str(dtype).removeprefix("torch.")}
     try:
@@ -328,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fastdrag", description="FastDrag: one-step drag-based image editing.", epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"fastdrag {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(sub):
@@ -396,10 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_app(args) -> None:
+    check_server_options(args)
     pick_device_and_dtype(args.device, args.dtype)  # a bad --device is reported now, not at the first Run
+    offline = check_model_sources(args)
 
     def load():
-        return load_on_device(args, args.device)
+        return load_on_device(args, args.device, offline)
 
     try:
         demo = build_app(PipelineHolder(load, cache_mib=args.cache), max_side=args.max_side)

@@ -14,8 +14,6 @@ This module imports nothing relative, so Diffusers can copy it beside a local
 ``custom_pipeline`` file.
 """
 
-from __future__ import annotations
-
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass

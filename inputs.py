@@ -17,8 +17,6 @@ values; the converters assume checked input. Nothing here runs a model, and this
 nothing relative, so Diffusers can copy it beside a local ``custom_pipeline`` file.
 """
 
-from __future__ import annotations
-
 import hashlib
 import math
 import numbers

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .compat import from_pretrained_dtype
 from .dragbench import find_samples, is_done, load_sample, read_results
 from .inputs import image_to_tensor
 
@@ -71,7 +72,7 @@ class DiftFeaturizer:
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        load = {"dtype": dtype}
+        load = from_pretrained_dtype(dtype)
         return cls(
             unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", **load).to(device),
             vae=AutoencoderKL.from_pretrained(model, subfolder="vae", **load).to(device),

@@ -9,8 +9,6 @@ Loadable as a package (``from fastdrag import StableDiffusionFastDragPipeline``)
 each sibling module it uses directly, as Diffusers' local loading copies only those.
 """
 
-from __future__ import annotations
-
 import contextlib
 import functools
 import inspect
@@ -562,7 +560,7 @@ class StableDiffusionFastDragPipeline(
     def encode_prompt(
         self,
         prompt: str | None,
-        device: torch.device,
+        device: torch.device | str | None = None,
         num_images_per_prompt: int = 1,
         do_classifier_free_guidance: bool = False,
         negative_prompt: str | None = None,
@@ -576,7 +574,8 @@ class StableDiffusionFastDragPipeline(
 
         Args:
             prompt (`str`, *optional*): the text; ``None`` with ``prompt_embeds``.
-            device (`torch.device`): where the embeddings go.
+            device (`torch.device` or `str`, *optional*): where the embeddings go; the execution
+                device when not given.
             num_images_per_prompt (`int`): copies along the batch (FastDrag itself uses 1).
             do_classifier_free_guidance (`bool`): also return the negative embedding.
             negative_prompt (`str`, *optional*): the unconditional text; "" when not given.
@@ -589,6 +588,8 @@ class StableDiffusionFastDragPipeline(
             `(prompt_embeds, negative_prompt_embeds)`: ``(num_images_per_prompt, tokens, dim)`` each;
             the negative one is ``None`` without guidance.
         """
+        # Diffusers' own tests pass the device by name ("cpu").
+        device = torch.device(device) if device is not None else self._execution_device
         scaled = lora_scale is not None and USE_PEFT_BACKEND and self.text_encoder is not None
         if scaled:
             self._lora_scale = lora_scale

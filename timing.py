@@ -4,8 +4,6 @@ This module imports nothing relative, so Diffusers can copy it beside a local ``
 file.
 """
 
-from __future__ import annotations
-
 import contextlib
 import time
 from collections.abc import Iterator

@@ -19,8 +19,6 @@ This module imports nothing relative, so Diffusers can copy it beside a local
 ``custom_pipeline`` file.
 """
 
-from __future__ import annotations
-
 import functools
 from collections.abc import Sequence
 

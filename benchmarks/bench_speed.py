@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from fastdrag.cli import DTYPES, pick_device_and_dtype
+from fastdrag.compat import from_pretrained_dtype
 from fastdrag.cuda_graphs import GraphCache, capture_cuda_graph
 from fastdrag.inputs import DEFAULT_STEPS, DEFAULT_STRENGTH
 from fastdrag.pipeline_fastdrag import StableDiffusionFastDragPipeline
@@ -61,7 +62,7 @@ TARGETS = {
 
 def load_pipeline(args, dtype: torch.dtype) -> StableDiffusionFastDragPipeline:
     if args.model:
-        return StableDiffusionFastDragPipeline.from_pretrained(args.model, dtype=dtype, safety_checker=None)
+        return StableDiffusionFastDragPipeline.from_pretrained(args.model, **from_pretrained_dtype(dtype), safety_checker=None)
     return random_sd15_pipeline(dtype)
 
 

@@ -1767,7 +1767,7 @@ class StableDiffusionFastDragPipeline(
     def encode_prompt(
         self,
         prompt: str | None,
-        device: torch.device,
+        device: torch.device | str | None = None,
         num_images_per_prompt: int = 1,
         do_classifier_free_guidance: bool = False,
         negative_prompt: str | None = None,
@@ -1781,7 +1781,8 @@ class StableDiffusionFastDragPipeline(
 
         Args:
             prompt (`str`, *optional*): the text; ``None`` with ``prompt_embeds``.
-            device (`torch.device`): where the embeddings go.
+            device (`torch.device` or `str`, *optional*): where the embeddings go; the execution
+                device when not given.
             num_images_per_prompt (`int`): copies along the batch (FastDrag itself uses 1).
             do_classifier_free_guidance (`bool`): also return the negative embedding.
             negative_prompt (`str`, *optional*): the unconditional text; "" when not given.
@@ -1794,6 +1795,8 @@ class StableDiffusionFastDragPipeline(
             `(prompt_embeds, negative_prompt_embeds)`: ``(num_images_per_prompt, tokens, dim)`` each;
             the negative one is ``None`` without guidance.
         """
+        # Diffusers' own tests pass the device by name ("cpu").
+        device = torch.device(device) if device is not None else self._execution_device
         scaled = lora_scale is not None and USE_PEFT_BACKEND and self.text_encoder is not None
         if scaled:
             self._lora_scale = lora_scale

@@ -28,7 +28,7 @@ def test_preview_writes_image(files):
     [
         (["preview", "missing.png", "--drag", "1,1:2,2"], "no such file: missing.png"),
         (["preview", "{in}", "--drag", "1,1:40,2"], "`target_points` has points outside"),
-        (["edit", "{in}", "--drag", "1,1:2,2", "--model", "{tmp}/no-model"], "cannot load model"),
+        (["edit", "{in}", "--drag", "1,1:2,2", "--model", "{tmp}/no-model"], "no such folder"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(files, capsys, argv, message):
@@ -81,7 +81,7 @@ def test_app_and_dragbench_run_use_cuda_graphs_on_cuda_unless_told_not_to(monkey
 
     import torch
 
-    monkeypatch.setattr(cli, "load_pipeline", lambda model, unet, dtype: StubPipeline())
+    monkeypatch.setattr(cli, "load_pipeline", lambda model, unet, dtype, local_files_only=False: StubPipeline())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     args = cli.build_parser().parse_args(argv)
@@ -89,3 +89,106 @@ def test_app_and_dragbench_run_use_cuda_graphs_on_cuda_unless_told_not_to(monkey
     assert not cli.load_on_device(args, "cpu").cuda_graphs
     args = cli.build_parser().parse_args([*argv, "--no-cuda-graphs"])
     assert not cli.load_on_device(args, "cuda").cuda_graphs
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fastdrag {version('diffusers-fastdrag')}"
+
+
+def never_load(*args, **kwargs):
+    raise AssertionError("the model was loaded")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["edit", "{in}", "--drag", "1,1:2,2", "--steps", "0"], "`num_inference_steps` must be an integer >= 1"),
+        (["edit", "{in}", "--drag", "1,1:2,2", "--steps", "1001"], "<= 1000"),
+        (["edit", "{in}", "--drag", "1,1:2,2", "--strength", "2"], "`inversion_strength` must be in (0, 1]"),
+        (["edit", "{in}", "--drag", "1,1:2,2", "--steps", "2", "--strength", "0.1"], "rounds to 0 steps"),
+        (["dragbench", "run", "--data", "{tmp}", "--out", "{tmp}/out", "--strength", "0"], "`inversion_strength`"),
+        (["app", "--port", "70000"], "--port must be an integer from 1 to 65535, got 70000"),
+        (["app", "--max-side", "4"], "--max-side must be"),
+        (["app", "--cache", "-1"], "--cache must be"),
+    ],
+)
+def test_number_options_are_checked_before_any_model_loads(files, capsys, monkeypatch, argv, message):
+    from fastdrag import cli
+
+    monkeypatch.setattr(cli, "load_pipeline", never_load)
+    monkeypatch.setattr(cli, "build_app", never_load)
+    argv = [a.format(**{"in": files / "in.png", "tmp": files}) for a in argv] + ["--model", str(files)]
+    if argv[0] == "edit":
+        argv += ["-o", str(files / "o.png")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("fastdrag: error: ") and message in err
+
+
+@pytest.mark.parametrize("model", ["{tmp}/no-model", "examples/shapes-modell", "./nowhere"])
+def test_a_missing_local_folder_is_named_as_such(files, capsys, monkeypatch, model):
+    from fastdrag import cli
+
+    monkeypatch.setattr(cli, "load_pipeline", never_load)
+    monkeypatch.chdir(files)
+    (files / "examples").mkdir()
+    model = model.format(tmp=files)
+    assert main(["edit", "in.png", "--drag", "1,1:2,2", "--model", model, "-o", "o.png"]) == 2
+    assert capsys.readouterr().err.strip() == f"fastdrag: error: --model {model}: no such folder"
+
+
+def unreachable_hub(monkeypatch, tmp_path):
+    """The Hub as a machine without a network sees it: not offline by setting, but no connection."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused at once
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+
+
+@pytest.mark.parametrize("option", ["--model", "--unet"])
+def test_a_hub_id_that_cannot_be_downloaded_is_one_line_before_loading(files, capsys, monkeypatch, option):
+    from fastdrag import cli
+
+    unreachable_hub(monkeypatch, files)
+    monkeypatch.setattr(cli, "load_pipeline", never_load)
+    argv = ["edit", str(files / "in.png"), "--drag", "1,1:2,2", "-o", str(files / "o.png")]
+    argv += ["--model", str(files)] if option == "--unet" else []
+    assert main([*argv, option, "someone/not-cached"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and len(err) < 300
+    assert f"{option} someone/not-cached: not in the local Hugging Face cache" in err
+    assert "cannot be reached" in err
+
+
+def test_a_cached_hub_id_loads_from_the_cache_while_the_hub_is_unreachable(files):
+    """End to end in a fresh process: a Hub id in the cache edits with no network and no retries."""
+    import os
+    import subprocess
+    import sys
+
+    from tiny_models import save_tiny_model
+
+    cache = files / "hub"
+    snapshot = cache / "models--someone--tiny-sd" / "snapshots" / ("0" * 40)
+    save_tiny_model(snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    env = {key: value for key, value in os.environ.items() if "PROXY" not in key.upper()}
+    env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_OFFLINE="0")
+    command = [sys.executable, "-m", "fastdrag", "edit", str(files / "in.png"), "--drag", "10,12:16,12",
+               "--device", "cpu", "-o", str(files / "o.png"), "--model"]
+    done = subprocess.run([*command, "someone/tiny-sd"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Image.open(files / "o.png").size == (IMAGE_SIZE, IMAGE_SIZE)
+    assert "retry" not in done.stderr.lower() and "Connection" not in done.stderr
+    done = subprocess.run([*command, "someone/not-cached"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "not in the local Hugging Face cache" in done.stderr

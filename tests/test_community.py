@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from diffusers.utils import dynamic_modules_utils
 
@@ -43,23 +44,51 @@ def test_community_file_stands_alone_with_one_pipeline_class():
     assert dynamic_modules_utils.get_relative_imports(str(COMMUNITY)) == []
 
 
-def test_custom_pipeline_fastdrag_loads_the_community_file_as_diffusers_does(tmp_path, monkeypatch):
+def file_diffusers_asks_for(releases: list[str], custom_revision: str | None) -> str:
+    """The community-mirror file that ``custom_pipeline="fastdrag"`` makes the installed Diffusers
+    download, derived as ``dynamic_modules_utils.get_cached_module_file`` derives it: the installed
+    version's folder ``v<major.minor.patch>`` when that is a published release, else ``main``;
+    ``custom_revision`` picks a release's folder or ``main`` instead."""
+    import diffusers
+
+    installed = ".".join(diffusers.__version__.split(".")[:3])
+    if custom_revision is None:
+        revision = f"v{installed}" if installed in releases else "main"
+    else:
+        revision = f"v{custom_revision}" if custom_revision in releases else custom_revision
+    return f"{revision}/fastdrag.py"
+
+
+@pytest.mark.parametrize(
+    "released, custom_revision",
+    [(True, None), (False, None), (True, "main")],
+    ids=["a-release", "a-dev-build", "custom_revision-main"],
+)
+def test_custom_pipeline_fastdrag_loads_the_file_diffusers_asks_for(tmp_path, monkeypatch, released, custom_revision):
+    import diffusers
+
     model = tmp_path / "sd"
     StableDiffusionPipeline(**tiny_components()).save_pretrained(model)
-    fetched = []
+    installed = ".".join(diffusers.__version__.split(".")[:3])
+    releases = ["0.1.0", installed] if released else ["0.1.0"]
+    expected = file_diffusers_asks_for(releases, custom_revision)
+    asked = []
 
     def community_mirror(repo_id, filename, repo_type=None, **kwargs):
-        # Diffusers asks its community mirror (a dataset repo) for "<revision>/<name>.py".
+        asked.append(filename)
+        # Only the generated file, and only under the name this Diffusers derives: anything else
+        # is what users would get, an error.
         assert repo_id == dynamic_modules_utils.COMMUNITY_PIPELINES_MIRROR_ID and repo_type == "dataset"
-        fetched.append(filename)
-        assert filename.endswith("/fastdrag.py")
+        assert filename == expected, f"Diffusers asked for {filename}, not {expected}"
         return str(COMMUNITY)
 
     monkeypatch.setattr(dynamic_modules_utils, "hf_hub_download", community_mirror)
-    monkeypatch.setattr(dynamic_modules_utils, "get_diffusers_versions", lambda: ["0.42.1"])
+    monkeypatch.setattr(dynamic_modules_utils, "get_diffusers_versions", lambda: releases)
     monkeypatch.chdir(tmp_path)  # no local folder named "fastdrag"
-    pipe = DiffusionPipeline.from_pretrained(model, custom_pipeline="fastdrag")
-    assert fetched == ["v0.42.1/fastdrag.py"]
+    revision = {} if custom_revision is None else {"custom_revision": custom_revision}
+    pipe = DiffusionPipeline.from_pretrained(model, custom_pipeline="fastdrag", **revision)
+    assert asked == [expected]
+    assert expected == (f"v{installed}/fastdrag.py" if released and custom_revision is None else "main/fastdrag.py")
     assert type(pipe).__name__ == "StableDiffusionFastDragPipeline"
     assert type(pipe).__module__.startswith("diffusers_modules.")
     package = StableDiffusionFastDragPipeline.from_pretrained(model)

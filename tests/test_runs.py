@@ -377,7 +377,7 @@ def test_edit_refuses_bad_input_before_loading_a_model(files, capsys, monkeypatc
     if "cuda" in extra and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     monkeypatch.setattr(cli, "load_pipeline", never_load)
-    argv = ["edit", str(files / "in.png"), "--model", str(files / "no-model")]
+    argv = ["edit", str(files / "in.png"), "--model", str(files)]
     argv += [a.format(tmp=files) for a in extra]
     if "--drag" not in extra:
         argv += ["--drag", "10,12:16,12"]
