@@ -6,7 +6,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .app import DEFAULT_CACHE_MIB, DEFAULT_MAX_SIDE, MIN_MAX_SIDE, PipelineHolder, build_app, launch
@@ -37,6 +39,23 @@ DEFAULT_TRAIN_STEPS = 1000
 
 class UsageError(Exception):
     """An error the user caused: reported as one line, exit code 2."""
+
+
+def at_least(value: float, low: float, option: str) -> None:
+    """A :class:`UsageError` unless the number option ``option`` is at least ``low``."""
+    if value < low:
+        raise UsageError(f"{option} must be at least {low}, got {value}")
+
+
+def run_script(main: Callable[[], Any], prog: str) -> int:
+    """Run a script's ``main``: a :class:`UsageError` it raises is one line on stderr and exit 2, as
+    argparse does for the options it checks itself."""
+    try:
+        main()
+    except UsageError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def parse_drag(text: str) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -176,10 +195,8 @@ def check_server_options(args) -> None:
     """The editor's numbers: a port it can bind, a size it can fit images to, a cache of whole MiB."""
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port must be an integer from 1 to 65535, got {args.port}")
-    if args.max_side < MIN_MAX_SIDE:
-        raise UsageError(f"--max-side must be at least {MIN_MAX_SIDE} pixels, got {args.max_side}")
-    if args.cache < 0:
-        raise UsageError(f"--cache must be at least 0 MiB, got {args.cache}")
+    at_least(args.max_side, MIN_MAX_SIDE, "--max-side")
+    at_least(args.cache, 0, "--cache")
 
 
 def hub_unreachable() -> str | None:
@@ -387,8 +404,7 @@ def run_shapedrag_make(args) -> None:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {out} exists and is not an empty folder")
-    if args.count < 1:
-        raise UsageError(f"--count must be at least 1, got {args.count}")
+    at_least(args.count, 1, "--count")
     keys = write_shapedrag(out, args.count, args.seed)
     print(f"wrote {len(keys)} ShapeDrag samples (seed {args.seed}) to {out}")
 

@@ -42,10 +42,10 @@ from pathlib import Path
 
 import torch
 
-from fastdrag.cli import DTYPES, pick_device_and_dtype
+from fastdrag.cli import DEFAULT_TRAIN_STEPS, DTYPES, UsageError, at_least, pick_device_and_dtype, run_script
 from fastdrag.compat import from_pretrained_dtype
 from fastdrag.cuda_graphs import GraphCache, capture_cuda_graph
-from fastdrag.inputs import DEFAULT_STEPS, DEFAULT_STRENGTH
+from fastdrag.inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, check_schedule
 from fastdrag.pipeline_fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.timing import PHASES, synchronize
 from fastdrag.testing import random_sd15_pipeline, write_dragbench
@@ -325,6 +325,23 @@ def print_report(results: dict, firsts: dict, dragbench: float | None, layouts: 
     print(f"\nK/V bank: {first['kv MiB']:.1f} MiB; peak memory: {peak_memory_text(device)}")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every number and the device, before a model is built: a :class:`UsageError` otherwise."""
+    at_least(args.resolution, 8, "--resolution")
+    if args.resolution % 8:
+        raise UsageError(f"--resolution must be a multiple of 8, got {args.resolution}")
+    for option in ("repeats", "threads"):
+        if getattr(args, option) is not None:
+            at_least(getattr(args, option), 1, f"--{option}")
+    for option in ("warmup", "dragbench"):
+        at_least(getattr(args, option), 0, f"--{option}")
+    try:
+        check_schedule(args.steps, args.strength, DEFAULT_TRAIN_STEPS)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    pick_device_and_dtype(args.device, args.dtype)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
@@ -346,6 +363,7 @@ def main() -> None:
     parser.add_argument("--model", help="load real weights (Hub id or folder) instead of random SD 1.5 shapes")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads on the CPU")
     args = parser.parse_args()
+    check_arguments(args)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -384,4 +402,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, "bench_speed.py"))

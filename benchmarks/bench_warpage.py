@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
 
+from fastdrag.cli import at_least, pick_device_and_dtype, run_script
 from fastdrag.warpage import bnni, relocate, warpage_field
 
 
@@ -72,7 +74,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args()
-    device = torch.device(args.device)
+    at_least(args.repeats, 1, "--repeats")
+    device, _ = pick_device_and_dtype(args.device, "float32")
     if device.type == "cpu":
         torch.set_num_threads(1)
     print(f"device: {device}, torch {torch.__version__}, threads: {torch.get_num_threads()}")
@@ -84,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, "bench_warpage.py"))

@@ -19,12 +19,14 @@ import shlex
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from fastdrag.cli import UsageError, at_least, run_script
 from fastdrag.shapes import (
     SCORE_COLUMNS, SHAPEDRAG_COUNT, SHAPEDRAG_SEED, DragCase, psnr, random_drag_case, render, score_drag, summarise,
     table, to_uint8, warp_and_decode,
@@ -109,6 +111,9 @@ def main(argv=None) -> None:
     unknown = sorted(set(args.rows) - set(ROWS))
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
+    at_least(args.count, 1, "--count")
+    if not Path(args.model).is_dir():
+        raise UsageError(f"--model {args.model}: no such folder")
 
     pipe = StableDiffusionFastDragPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
@@ -152,4 +157,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, "shapedrag_ablations.py"))

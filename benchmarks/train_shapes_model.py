@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from fastdrag.cli import UsageError, at_least, pick_device_and_dtype, run_script
 from fastdrag.shapes import IMAGE_SIZE, render_batch
 from fastdrag.testing import SD15_SCHEDULER, byte_level_tokenizer
 
@@ -212,6 +213,19 @@ The losses every 50 steps are in `training_log.json`. ShapeDrag results with thi
     (out / "README.md").write_text(card)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every number and the device, before any training: a :class:`UsageError` otherwise."""
+    for option in ("vae_steps", "vae_batch", "unet_steps", "unet_batch"):
+        at_least(getattr(args, option), 1, "--" + option.replace("_", "-"))
+    at_least(args.threads, 0, "--threads")
+    for option in ("vae_lr", "unet_lr"):
+        if not 0 < getattr(args, option) < 1:
+            raise UsageError(f"--{option.replace('_', '-')} must be in (0, 1), got {getattr(args, option)}")
+    if not 0 <= args.ema < 1:
+        raise UsageError(f"--ema must be in [0, 1), got {args.ema}")
+    pick_device_and_dtype(args.device, "float32")
+
+
 def main(argv=None) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -219,10 +233,10 @@ def main(argv=None) -> None:
     from diffusers import DDIMScheduler
 
     args = parse_args(argv)
+    check_arguments(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device, _ = pick_device_and_dtype(args.device, "float32")
     out = Path(args.out)
     rng = np.random.default_rng(args.seed)
     log: dict = {"vae_loss": [], "unet_loss": []}
@@ -261,4 +275,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, "train_shapes_model.py"))
