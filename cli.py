@@ -151,7 +151,8 @@ def looks_like_a_path(name: str) -> bool:
 
 def why_not_loaded(name: str, error: BaseException) -> str:
     """One line saying why ``name`` could not be loaded, in terms a shell user can act on."""
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+    # huggingface_hub.utils, not .errors: the latter has them only from huggingface_hub 0.24.
+    from huggingface_hub.utils import LocalEntryNotFoundError, OfflineModeIsEnabled
 
     chain, cause = [], error
     while cause is not None and cause not in chain:

@@ -1,7 +1,8 @@
 """What differs across the Diffusers releases the project supports, in one place.
 
-Each shim names the releases it is for. Nothing here is imported by the pipeline files that
-Diffusers copies (``pipeline_fastdrag.py`` and its siblings): they need none.
+Each shim names the releases it is for. The pipeline imports it as a sibling module (so Diffusers
+copies it beside a local ``custom_pipeline`` file, and the community file holds it); it imports no
+sibling itself.
 """
 
 import diffusers

@@ -4,6 +4,7 @@ Diffusers fetches the relative imports named here along with it, so every module
 """
 
 from .attention_processors import FastDragAttnProcessor  # noqa: F401
+from .compat import from_pretrained_dtype  # noqa: F401
 from .cuda_graphs import GraphCache  # noqa: F401
 from .inputs import image_to_tensor  # noqa: F401
 from .pipeline_fastdrag import FastDragInversion, StableDiffusionFastDragPipeline  # noqa: F401

@@ -23,17 +23,24 @@ import PIL.Image
 import torch
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
 
+from diffusers import (
+    AutoencoderKL,
+    DDIMInverseScheduler,
+    DDIMScheduler,
+    DiffusionPipeline,
+    SchedulerMixin,
+    UNet2DConditionModel,
+)
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
-from diffusers.models import AutoencoderKL, UNet2DConditionModel
-from diffusers.pipelines.pipeline_utils import DiffusionPipeline, StableDiffusionMixin
-from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
+from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
+from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-from diffusers.schedulers import DDIMInverseScheduler, DDIMScheduler, SchedulerMixin
 from diffusers.utils import USE_PEFT_BACKEND, logging, replace_example_docstring, scale_lora_layers, unscale_lora_layers
 
 from .attention_processors import RECORD, REPLAY, KVBank, KVState, fastdrag_attention, fastdrag_processors, kv_shapes
+from .compat import from_pretrained_dtype
 from .cuda_graphs import DEFAULT_MAX_GRAPHS, GraphCache
 from .inputs import (
     DEFAULT_STEPS,
@@ -63,7 +70,7 @@ EXAMPLE_DOC_STRING = """
         >>> from fastdrag import StableDiffusionFastDragPipeline
 
         >>> pipe = StableDiffusionFastDragPipeline.from_pretrained(
-        ...     "stable-diffusion-v1-5/stable-diffusion-v1-5", dtype=torch.float16
+        ...     "stable-diffusion-v1-5/stable-diffusion-v1-5", torch_dtype=torch.float16
         ... ).to("cuda")
         >>> image = Image.open("cat.png")  # 512x512
         >>> mask = Image.open("cat_mask.png")  # white (or painted alpha) = may move
@@ -287,11 +294,11 @@ class StableDiffusionFastDragPipeline(
     def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs) -> "StableDiffusionFastDragPipeline":
         """Build from another pipeline's components (shared, not copied), keeping their dtype.
 
-        Diffusers 0.42's ``from_pipe`` casts to float32 unless ``dtype`` is given, and since the
+        Diffusers 0.42's ``from_pipe`` casts to float32 unless a dtype is given, and since the
         components are shared that would convert the source pipeline too.
         """
         if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
-            kwargs["dtype"] = pipeline.dtype
+            kwargs.update(from_pretrained_dtype(pipeline.dtype))
         return super().from_pipe(pipeline, **kwargs)
 
     def enable_cuda_graphs(self, max_graphs: int = DEFAULT_MAX_GRAPHS) -> None:

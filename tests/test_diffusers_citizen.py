@@ -209,6 +209,17 @@ def peft_too_old_for_transformers() -> bool:
     return Version(importlib.metadata.version("peft")) < Version(MIN_PEFT_VERSION)
 
 
+def peft_missing() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("peft") is None
+
+
+# LoRA is the [lora] extra: the oldest supported combination is tested without it.
+needs_peft = pytest.mark.skipif(peft_missing(), reason="LoRA needs peft (the [lora] extra)")
+
+
+@needs_peft
 def test_unet_lora_changes_the_edit_and_unloading_restores_the_bits(pipe, tmp_path):
     unet_lora = random_lora(tiny_components()["unet"], ["to_q", "to_k", "to_v", "to_out.0"])
     StableDiffusionFastDragPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=unet_lora)
@@ -220,7 +231,8 @@ def test_unet_lora_changes_the_edit_and_unloading_restores_the_bits(pipe, tmp_pa
     np.testing.assert_array_equal(edit(pipe), before)
 
 
-@pytest.mark.skipif(peft_too_old_for_transformers(), reason="transformers' PEFT integration needs a newer peft")
+@needs_peft
+@pytest.mark.skipif(peft_missing() or peft_too_old_for_transformers(), reason="transformers' PEFT integration needs a newer peft")
 def test_text_encoder_lora_changes_the_prompt_embedding(pipe, tmp_path):
     lora = random_lora(tiny_components()["text_encoder"], ["q_proj", "k_proj", "v_proj", "out_proj"])
     StableDiffusionFastDragPipeline.save_lora_weights(tmp_path / "lora", text_encoder_lora_layers=lora)

@@ -338,7 +338,7 @@ def test_no_two_modules_import_each_other():
 def test_the_pipelines_siblings_import_no_sibling_and_warpage_is_latent_math():
     graph = module_imports()
     siblings = graph["pipeline_fastdrag"]
-    assert siblings == {"attention_processors", "cuda_graphs", "inputs", "timing", "warpage"}
+    assert siblings == {"attention_processors", "compat", "cuda_graphs", "inputs", "timing", "warpage"}
     assert all(graph[name] == set() for name in siblings)
     imported = {
         alias.name.split(".")[0]
@@ -346,7 +346,7 @@ def test_the_pipelines_siblings_import_no_sibling_and_warpage_is_latent_math():
         if isinstance(node, (ast.Import, ast.ImportFrom))
         for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
     }
-    assert imported == {"__future__", "collections", "functools", "torch"}
+    assert imported == {"collections", "functools", "torch"}
 
 
 def test_call_reads_top_to_bottom_in_numbered_steps():

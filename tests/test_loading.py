@@ -18,7 +18,7 @@ from tiny_models import tiny_components, tiny_image, tiny_unet
 
 ROOT = Path(fastdrag.__file__).resolve().parent
 # The pipeline's sibling modules: each imported directly by both entry files, none importing another.
-SIBLINGS = ("warpage", "attention_processors", "cuda_graphs", "inputs", "timing")
+SIBLINGS = ("warpage", "attention_processors", "compat", "cuda_graphs", "inputs", "timing")
 ENTRY_FILES = ("pipeline.py", "pipeline_fastdrag.py", *(f"{name}.py" for name in SIBLINGS))
 
 

@@ -36,7 +36,7 @@ from fastdrag import StableDiffusionFastDragPipeline
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = torch.float16 if device == "cuda" else torch.float32
-pipe = StableDiffusionFastDragPipeline.from_pretrained(MODEL_ID, dtype=dtype).to(device)
+pipe = StableDiffusionFastDragPipeline.from_pretrained(MODEL_ID, torch_dtype=dtype).to(device)
 if device == "cuda":
     pipe.enable_cuda_graphs()  # later edits replay CUDA graphs
 pipe.set_progress_bar_config(disable=True)"""),
