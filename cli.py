@@ -234,8 +234,10 @@ def check_model_source(name: str, option: str, hub_files: tuple[str, ...], unrea
     path = Path(name).expanduser()
     if path.is_dir():
         return
+    if path.exists():
+        raise UsageError(f"{option} {name}: a file, not a model folder")
     # A name whose first part is a folder here is a mistyped path, not a Hub id.
-    if path.exists() or looks_like_a_path(name) or Path(name.split("/")[0]).expanduser().is_dir():
+    if looks_like_a_path(name) or Path(name.split("/")[0]).expanduser().is_dir():
         raise UsageError(f"{option} {name}: no such folder")
     try:
         validate_repo_id(name)
@@ -345,14 +347,14 @@ def dragbench_options(args):
 def run_dragbench_run(args) -> int:
     from .dragbench import RunRefused, find_samples, run_dragbench
 
-    _, dtype = pick_device_and_dtype(args.device, args.dtype)  # a bad --device is reported before any work
-    offline = check_model_sources(args)
-    check_schedule_options(args, offline)
     try:
         if not find_samples(args.data):
             raise UsageError(f"no DragBench samples (<category>/<sample>/meta_data.pkl) under {args.data}")
     except FileNotFoundError as error:
         raise UsageError(str(error)) from error
+    _, dtype = pick_device_and_dtype(args.device, args.dtype)  # a bad --device is reported before any work
+    offline = check_model_sources(args)
+    check_schedule_options(args, offline)
 
     def load(process_device: str):
         return load_on_device(args, process_device, offline)

@@ -53,19 +53,30 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(c) for c in chars]
 
 
-def byte_level_tokenizer(model_max_length: int, directory: str | os.PathLike | None = None):
-    """A ``CLIPTokenizer`` whose vocabulary is the 256 bytes (ids below 600), written to
-    ``directory`` (a new temporary one by default) and loaded back."""
-    from transformers import CLIPTokenizer
+def write_byte_level_vocabulary(directory: str | os.PathLike) -> tuple[Path, Path]:
+    """Write the byte-level CLIP vocabulary (the 256 bytes, ids below 600) as ``vocab.json`` and
+    ``merges.txt`` in ``directory``; return their paths.
 
-    directory = Path(directory or tempfile.mkdtemp(prefix="byte-clip-tokenizer-"))
+    transformers 5 saves a CLIP tokenizer as ``tokenizer.json`` alone, which transformers 4's
+    ``CLIPTokenizer`` cannot read: a saved model keeps these two files beside it for 4.x.
+    """
+    directory = Path(directory)
     alphabet = _bytes_to_unicode()
     tokens = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]
     with open(directory / "vocab.json", "w", encoding="utf-8") as f:
         json.dump({token: i for i, token in enumerate(tokens)}, f)
     with open(directory / "merges.txt", "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n")
-    return CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=model_max_length)
+    return directory / "vocab.json", directory / "merges.txt"
+
+
+def byte_level_tokenizer(model_max_length: int, directory: str | os.PathLike | None = None):
+    """A ``CLIPTokenizer`` whose vocabulary is the 256 bytes (ids below 600), written to
+    ``directory`` (a new temporary one by default) and loaded back."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = write_byte_level_vocabulary(directory or tempfile.mkdtemp(prefix="byte-clip-tokenizer-"))
+    return CLIPTokenizer(str(vocab), str(merges), model_max_length=model_max_length)
 
 
 def random_sd15_pipeline(dtype: torch.dtype = torch.float32, seed: int = 0):

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from fastdrag.cli import UsageError, at_least, pick_device_and_dtype, run_script
 from fastdrag.shapes import IMAGE_SIZE, render_batch
-from fastdrag.testing import SD15_SCHEDULER, byte_level_tokenizer
+from fastdrag.testing import SD15_SCHEDULER, byte_level_tokenizer, write_byte_level_vocabulary
 
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
@@ -262,6 +262,7 @@ def main(argv=None) -> None:
         requires_safety_checker=False,
     ).to("cpu")
     pipe.save_pretrained(out, safe_serialization=True)
+    write_byte_level_vocabulary(out / "tokenizer")
     sizes = {
         name: (parameter_count(getattr(pipe, name)), sum(p.stat().st_size for p in (out / name).glob("*.safetensors")))
         for name in ("vae", "unet", "text_encoder")

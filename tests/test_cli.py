@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from fastdrag.cli import main
-from tiny_models import IMAGE_SIZE, tiny_components, tiny_image
+from tiny_models import IMAGE_SIZE, tiny_components, tiny_image, write_dragbench
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ def never_load(*args, **kwargs):
         (["edit", "{in}", "--drag", "1,1:2,2", "--steps", "1001"], "<= 1000"),
         (["edit", "{in}", "--drag", "1,1:2,2", "--strength", "2"], "`inversion_strength` must be in (0, 1]"),
         (["edit", "{in}", "--drag", "1,1:2,2", "--steps", "2", "--strength", "0.1"], "rounds to 0 steps"),
-        (["dragbench", "run", "--data", "{tmp}", "--out", "{tmp}/out", "--strength", "0"], "`inversion_strength`"),
+        (["dragbench", "run", "--data", "{tmp}/data", "--out", "{tmp}/out", "--strength", "0"], "`inversion_strength`"),
         (["app", "--port", "70000"], "--port must be an integer from 1 to 65535, got 70000"),
         (["app", "--max-side", "4"], "--max-side must be"),
         (["app", "--cache", "-1"], "--cache must be"),
@@ -122,6 +122,7 @@ def test_number_options_are_checked_before_any_model_loads(files, capsys, monkey
 
     monkeypatch.setattr(cli, "load_pipeline", never_load)
     monkeypatch.setattr(cli, "build_app", never_load)
+    write_dragbench(files / "data", {"cat/one": [[8, 8], [12, 8]]})
     argv = [a.format(**{"in": files / "in.png", "tmp": files}) for a in argv] + ["--model", str(files)]
     if argv[0] == "edit":
         argv += ["-o", str(files / "o.png")]

@@ -68,6 +68,14 @@ def test_the_model_folder_is_small_and_shaped_for_fastdrag(shapes_pipe):
     assert log["round_trip_psnr"] >= 30.0
 
 
+def test_the_tokenizer_loads_on_transformers_4_too(tmp_path):
+    # transformers 5 saves tokenizer.json alone; transformers 4's CLIPTokenizer reads these two.
+    from fastdrag.testing import write_byte_level_vocabulary
+
+    for written in write_byte_level_vocabulary(tmp_path):
+        assert (MODEL / "tokenizer" / written.name).read_bytes() == written.read_bytes()
+
+
 def test_a_zero_length_drag_gives_back_the_image(shapes_pipe, samples):
     trips = []
     for case, original in samples[:6]:
