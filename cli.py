@@ -237,12 +237,13 @@ def dragbench_options(args):
 
 
 def run_dragbench_run(args) -> int:
-    from .dragbench import RunRefused, find_samples, run_dragbench
+    from .dragbench import RunRefused, find_samples, meta_limits, run_dragbench
 
     try:
+        meta_limits()  # a bad FASTDRAG_MAX_META_MIB
         if not find_samples(args.data):
             raise UsageError(f"no DragBench samples (<category>/<sample>/meta_data.pkl) under {args.data}")
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from error
     _, dtype = pick_device_and_dtype(args.device, args.dtype)  # a bad --device is reported before any work
 
