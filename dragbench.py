@@ -12,8 +12,11 @@ with other options refuses to resume there. One run writes to a folder at a time
 Under ``accelerate launch`` the remaining samples are split across the processes
 (``PartialState.split_between_processes``): none is done twice, none is lost.
 
-What is trusted: nothing in DATA. ``meta_data.pkl`` is read with an unpickler that builds only
-DragBench's types (dicts, lists, strings, numbers, numpy arrays); anything else fails that sample.
+What is trusted: nothing in DATA. ``meta_data.pkl`` is read within a budget (its size checked
+before it is read, its opcodes scanned before anything is built) by an unpickler that builds only
+DragBench's types (dicts, lists, strings, numbers, numpy arrays); anything else fails that sample,
+as do category names that could collide with the run's own files and symbolic links out of DATA
+(docs/hostile-inputs.md).
 """
 
 from __future__ import annotations
@@ -486,10 +489,35 @@ def load_meta(path: Path) -> dict:
     return meta
 
 
+def check_sample(sample: Sample) -> None:
+    """A ``ValueError`` unless the sample is safe to read and to write out:
+
+    - its category has no ``.`` in its name: every file the run and ``eval`` write at the top of OUT
+      has one (``results.jsonl``, ``run_config.json``, ``.lock``, ``eval.json``...), so
+      ``OUT/<category>`` can never be one of them, whatever files are added later;
+    - its folder and files resolve inside the data folder: a symbolic link out of it would make the
+      run read (and its errors quote) files the user never handed over, such as another user's
+      file or a device. Links that stay inside the data folder are followed.
+    """
+    if "." in sample.category:
+        raise ValueError(
+            f"sample {sample.key}: the category folder {sample.category!r} has a '.' in its name, as the files the "
+            f"run writes in OUT do (results.jsonl, run_config.json, .lock): rename the folder"
+        )
+    root = sample.folder.parent.parent.resolve()
+    for path in (sample.folder, *(sample.folder / name for name in SAMPLE_FILES)):
+        resolved = path.resolve()
+        if not resolved.is_relative_to(root):
+            raise ValueError(f"sample {sample.key}: {path} leads to {resolved}, outside the data folder {root}; "
+                             f"the runner reads nothing outside --data")
+
+
 def load_sample(sample: Sample) -> SampleData:
-    """Read a sample. The image is returned as stored (the pipeline reads any mode by value)."""
+    """Read a sample (after :func:`check_sample`). The image is returned as stored (the pipeline
+    reads any mode by value)."""
     from PIL import Image
 
+    check_sample(sample)
     meta = load_meta(sample.folder / META_FILE)
     handles, targets = split_points(meta["points"])
     prompt = meta.get("prompt")

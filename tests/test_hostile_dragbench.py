@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fastdrag import StableDiffusionFastDragPipeline, dragbench
 from fastdrag.cli import main
 from fastdrag.dragbench import (
     META_FILE,
@@ -21,10 +22,16 @@ from fastdrag.dragbench import (
     META_MAX_MIB_ENV,
     load_meta,
     read_results,
+    run_dragbench,
 )
-from tiny_models import save_tiny_model, write_dragbench
+from tiny_models import save_tiny_model, tiny_components, write_dragbench
 
 GOOD = {"cat0/s0": [[8, 10], [12, 12]], "cat1/s1": [[9, 10], [13, 12]]}
+
+
+class Loader:
+    def __call__(self, device):
+        return StableDiffusionFastDragPipeline(**tiny_components()).to(device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,3 +266,51 @@ def test_peak_memory_over_hostile_pickles_stays_what_one_real_sample_needs(tmp_p
     assert output.split()[-2:] == ["1", str(len(hostile) + 1)]  # the real sample done, each hostile one failed
     print(f"peak RSS: one real sample {real:.0f} MiB; with {len(hostile) + 1} hostile pickles {bad:.0f} MiB")
     assert bad < real * 1.15 + 16, f"{bad:.0f} MiB against {real:.0f} MiB"
+
+
+# --------------------------------------------------------------------------------------------
+# Sample names and symbolic links in the data folder
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["results.jsonl", "run_config.json", ".lock"])
+def test_a_sample_named_like_the_runs_own_files_fails_alone_and_the_run_resumes(tmp_path, name):
+    # The colliding sample sorts first, so it is edited before the run has written its log.
+    write_dragbench(tmp_path / "data", {f"{name}/s": [[8, 10], [12, 12]], "zoo/a": [[8, 10], [12, 12]]})
+    out = tmp_path / "out"
+    for _ in range(2):  # a first run, then a resume
+        summary = run_dragbench(tmp_path / "data", out, Loader(), progress=False)
+        assert summary.failed == 1 and summary.skipped + summary.done == 1
+    assert (out / "results.jsonl").is_file() and (out / "run_config.json").is_file() and (out / ".lock").is_file()
+    results = read_results(out)
+    assert results[f"{name}/s"]["status"] == "error" and results["zoo/a"]["status"] == "ok"
+    assert "rename the folder" in results[f"{name}/s"]["error"] and repr(name) in results[f"{name}/s"]["error"]
+
+
+def test_every_file_the_run_writes_at_the_top_of_out_has_a_dot_in_its_name(tmp_path):
+    """The rule that keeps sample names from colliding: categories have no dot, the run's files do."""
+    write_dragbench(tmp_path / "data", GOOD)
+    run_dragbench(tmp_path / "data", tmp_path / "out", Loader(), progress=False)
+    own = {path.name for path in (tmp_path / "out").iterdir()} - {"cat0", "cat1"}
+    assert own and all("." in name for name in own), own
+    assert "." in dragbench.RESULTS_FILE and "." in dragbench.CONFIG_FILE and "." in dragbench.LOCK_FILE
+
+
+def test_symbolic_links_out_of_the_data_folder_fail_their_sample_and_links_inside_are_followed(tmp_path):
+    write_dragbench(tmp_path / "data", GOOD)
+    write_dragbench(tmp_path / "elsewhere", {"x/folder": [[8, 10], [12, 12]], "x/file": [[8, 10], [12, 12]]})
+    (tmp_path / "data" / "cat0" / "linked_folder").symlink_to(tmp_path / "elsewhere" / "x" / "folder")
+    linked_file = tmp_path / "data" / "cat0" / "linked_file"
+    linked_file.mkdir()
+    for name in ("original_image.png", "user_drag.png"):
+        (tmp_path / "elsewhere" / "x" / "file" / name).rename(linked_file / name)
+    (linked_file / META_FILE).symlink_to(tmp_path / "elsewhere" / "x" / "file" / META_FILE)
+    (tmp_path / "data" / "cat1" / "alias").symlink_to(tmp_path / "data" / "cat1" / "s1")  # inside: fine
+
+    summary = run_dragbench(tmp_path / "data", tmp_path / "out", Loader(), progress=False)
+    assert (summary.done, summary.failed) == (3, 2)
+    results = read_results(tmp_path / "out")
+    assert results["cat1/alias"]["status"] == "ok"
+    for key in ("cat0/linked_folder", "cat0/linked_file"):
+        assert results[key]["status"] == "error" and "outside the data folder" in results[key]["error"]
+    assert str(tmp_path / "elsewhere") in results["cat0/linked_file"]["error"]
