@@ -237,7 +237,7 @@ def dragbench_options(args):
 
 
 def run_dragbench_run(args) -> int:
-    from .dragbench import RunRefused, find_samples, meta_limits, run_dragbench
+    from .dragbench import DiskFull, RunRefused, find_samples, meta_limits, run_dragbench
 
     try:
         meta_limits()  # a bad FASTDRAG_MAX_META_MIB
@@ -256,6 +256,9 @@ def run_dragbench_run(args) -> int:
                                 device=args.device, config=config)
     except RunRefused as error:
         raise UsageError(str(error)) from error
+    except DiskFull as error:  # a runtime failure, not a usage error: exit 1
+        print(f"fastdrag: error: {error.strerror}", file=sys.stderr)
+        return 1
     from accelerate import PartialState
 
     if PartialState().is_main_process:

@@ -59,6 +59,16 @@ class RunRefused(Exception):
     """This run cannot write to the output folder (other options, or another run at work there)."""
 
 
+# A full disk (or quota) stops the run, in one line: it is no sample's fault, every later sample would
+# fail the same way, and nothing done is lost, so a rerun resumes once there is space.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+STAMP_MAX_BYTES = 1 << 20  # a stamp is a few hundred bytes; a larger run_config.json is not ours
+
+
+class DiskFull(OSError):
+    """Writing to the output folder failed for lack of space; ``strerror`` is the one line to show."""
+
+
 @dataclass(frozen=True)
 class Sample:
     """One DragBench sample. ``key`` is ``"<category>/<sample>"``, the same in DATA and OUT."""
@@ -512,6 +522,16 @@ def check_sample(sample: Sample) -> None:
                              f"the runner reads nothing outside --data")
 
 
+def sample_fingerprint(sample: Sample) -> str | None:
+    """The size and modification time of the sample's files: an edit recorded with another
+    fingerprint was made from other data and is redone. ``None`` if a file cannot be read."""
+    try:
+        return " ".join(f"{info.st_size}:{info.st_mtime_ns}"
+                        for info in (os.stat(sample.folder / name) for name in SAMPLE_FILES))
+    except OSError:
+        return None
+
+
 def load_sample(sample: Sample) -> SampleData:
     """Read a sample (after :func:`check_sample`). The image is returned as stored (the pipeline
     reads any mode by value)."""
@@ -555,13 +575,18 @@ def append_line(path: Path, record: dict) -> None:
     data = ("\n" + json.dumps(record) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        while data:
-            written = os.write(fd, data)
-            if written <= 0:
-                raise OSError(errno.ENOSPC, f"could not append to {path}")
-            data = data[written:]
+        write_all(fd, data, path)
     finally:
         os.close(fd)
+
+
+def write_all(fd: int, data: bytes, path: Path) -> None:
+    """Write all of ``data`` to ``fd``, continuing short writes; a write of nothing means no space."""
+    while data:
+        written = os.write(fd, data)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        data = data[written:]
 
 
 def read_records(out: str | os.PathLike) -> list[dict]:
@@ -603,12 +628,14 @@ def image_decodes(path: Path) -> bool:
         return False
 
 
-def is_done(record: dict | None, out: Path) -> bool:
-    """The sample's last record says ok, and its image is there and decodes."""
+def is_done(record: dict | None, out: Path, sample: Sample | None = None) -> bool:
+    """The sample's last record says ok, and its image is there and decodes; given the ``sample``,
+    the record was also made from the sample's files as they are now (:func:`sample_fingerprint`)."""
     return (
         record is not None
         and record.get("status") == "ok"
         and isinstance(record.get("image"), str)
+        and (sample is None or record.get("data") == sample_fingerprint(sample))
         and image_decodes(out / record["image"])
     )
 
@@ -642,7 +669,16 @@ class FolderLock:
         self._fd: int | None = None
 
     def __enter__(self) -> "FolderLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # Not followed if it is a symbolic link: the run would write its process id wherever it points.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as error:
+            if error.errno in DISK_FULL_ERRNOS:
+                raise
+            if error.errno == errno.ELOOP:
+                raise RunRefused(f"{self.path} is a symbolic link; the run does not follow it (it would write "
+                                 f"where the link points): remove it") from None
+            raise RunRefused(f"cannot open the lock file {self.path}: {error.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -667,11 +703,16 @@ def stamp_config(out: Path, config: dict) -> None:
     Raises :class:`RunRefused` naming each option that differs.
     """
     path = out / CONFIG_FILE
-    if path.is_file():
+    if path.exists() or path.is_symlink():
         try:
-            recorded = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise RunRefused(f"{path} is not readable JSON ({error}); remove it to start over") from error
+            recorded = json.loads(read_capped(path, STAMP_MAX_BYTES, "a run stamp").decode("utf-8"))
+        except (OSError, ValueError) as error:  # unreadable, too large, not UTF-8, not JSON
+            why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            raise RunRefused(f"{path} is not a run stamp ({why}): use another --out, or empty {out} to start "
+                             f"over") from None
+        if not isinstance(recorded, dict):
+            raise RunRefused(f"{path} holds a JSON {type(recorded).__name__}, not a run stamp: use another --out, "
+                             f"or empty {out} to start over")
         differing = [
             f"{key}: {recorded.get(key)!r} there, {config.get(key)!r} now"
             for key in sorted(set(recorded) | set(config)) if recorded.get(key) != config.get(key)
@@ -682,8 +723,15 @@ def stamp_config(out: Path, config: dict) -> None:
             )
         return
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(), temporary)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -727,7 +775,8 @@ def edit_sample(pipe, data: SampleData, options: EditOptions) -> tuple[Any, dict
 
 def run_sample(pipe, sample: Sample, out: Path, options: EditOptions, process: int) -> dict:
     """Edit one sample and save it; any exception becomes an ``"error"`` record, never a crash."""
-    record: dict[str, Any] = {"sample": sample.key, "category": sample.category, "process": process}
+    record: dict[str, Any] = {"sample": sample.key, "category": sample.category, "process": process,
+                              "data": sample_fingerprint(sample)}  # before reading: a later change redoes it
     start = time.perf_counter()
     try:
         image, times = edit_sample(pipe, load_sample(sample), options)
@@ -735,6 +784,8 @@ def run_sample(pipe, sample: Sample, out: Path, options: EditOptions, process: i
         save_atomically(image, out / relative)
         record.update(status="ok", image=relative, seconds=time.perf_counter() - start, phases=times)
     except Exception as error:  # noqa: BLE001 - one bad sample must not end a 205-sample run
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            raise  # not the sample's fault: run_dragbench stops the run, and a rerun resumes
         record.update(
             status="error",
             error=f"{type(error).__name__}: {error}",
@@ -779,10 +830,11 @@ def run_dragbench(
     of ``device``). ``config`` says what else made the edits (model, dtype, ...): with the
     options (the mode among them) and the project version it is stamped in ``OUT/run_config.json``, and a
     folder stamped otherwise is refused (:class:`RunRefused`), as is a folder another run holds.
-    Returns this process's counts.
+    The stamp names the data folder (resolved); each record carries its sample's
+    :func:`sample_fingerprint`, so an edit of data changed since is redone. A full disk stops the run
+    with :class:`DiskFull`; nothing done is lost and a rerun resumes. Returns this process's counts.
     """
     from accelerate import PartialState
-    from tqdm.auto import tqdm
 
     from . import __version__
 
@@ -795,7 +847,23 @@ def run_dragbench(
     out = Path(out)
     meta_limits()  # a bad FASTDRAG_MAX_META_MIB is reported now, not by every sample
     samples = find_samples(data)
-    stamp = {**(config or {}), **dataclasses.asdict(options), "version": __version__}
+    stamp = {**(config or {}), **dataclasses.asdict(options), "version": __version__,
+             "data": str(Path(data).resolve())}
+    try:
+        return _run(state, samples, out, stamp, load_pipeline, options, progress, device)
+    except OSError as error:
+        if error.errno not in DISK_FULL_ERRNOS or isinstance(error, DiskFull):
+            raise
+        raise DiskFull(error.errno, f"{os.strerror(error.errno)} writing to {error.filename or out}: the disk is "
+                                    f"full; free some space and rerun the same command, it resumes where it "
+                                    f"stopped") from error
+
+
+def _run(state: Any, samples: list[Sample], out: Path, stamp: dict, load_pipeline: Callable[[Any], Any],
+         options: EditOptions, progress: bool, device: str) -> RunSummary:
+    """:func:`run_dragbench` once its arguments are read; ``state`` is Accelerate's ``PartialState``."""
+    from tqdm.auto import tqdm
+
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     # The main process holds the folder for the whole launch; its other processes write under it.
@@ -804,7 +872,7 @@ def run_dragbench(
             stamp_config(out, stamp)
             remove_partial_images(out)
         latest = read_results(out)
-        todo = [sample for sample in samples if not is_done(latest.get(sample.key), out)]
+        todo = [sample for sample in samples if not is_done(latest.get(sample.key), out, sample)]
         # Every process must read the log before any process appends to it, or the splits differ.
         state.wait_for_everyone()
 

@@ -1,6 +1,8 @@
 """Hostile and oversized DragBench data and run files (issue #23): each costs milliseconds and
 megabytes, fails only its own sample with a line naming the file, and leaves the run going."""
 
+import errno
+import json
 import os
 import pickle
 import struct
@@ -20,7 +22,12 @@ from fastdrag.dragbench import (
     META_FILE,
     META_MAX_MIB,
     META_MAX_MIB_ENV,
+    FolderLock,
+    RunRefused,
+    find_samples,
     load_meta,
+    load_sample,
+    read_records,
     read_results,
     run_dragbench,
 )
@@ -314,3 +321,110 @@ def test_symbolic_links_out_of_the_data_folder_fail_their_sample_and_links_insid
     for key in ("cat0/linked_folder", "cat0/linked_file"):
         assert results[key]["status"] == "error" and "outside the data folder" in results[key]["error"]
     assert str(tmp_path / "elsewhere") in results["cat0/linked_file"]["error"]
+
+
+# --------------------------------------------------------------------------------------------
+# The run's own files: the stamp covers the data, is read defensively; a full disk; the lock
+# --------------------------------------------------------------------------------------------
+
+
+def test_resuming_with_other_data_is_refused_and_a_sample_changed_in_place_is_redone(tmp_path):
+    write_dragbench(tmp_path / "data", GOOD)
+    write_dragbench(tmp_path / "other", GOOD, seed=1)
+    out = tmp_path / "out"
+    assert run_dragbench(tmp_path / "data", out, Loader(), progress=False).done == 2
+    with pytest.raises(RunRefused, match="data: .* there, .* now"):
+        run_dragbench(tmp_path / "other", out, Loader(), progress=False)
+    assert json.loads((out / "run_config.json").read_text())["data"] == str((tmp_path / "data").resolve())
+
+    changed = tmp_path / "data" / "cat1" / "s1" / META_FILE
+    changed.write_bytes(pickle.dumps({"prompt": "q", "points": [[9, 9], [14, 12]], "mask": np.ones((32, 32))}))
+    summary = run_dragbench(tmp_path / "data", out, Loader(), progress=False)
+    assert (summary.skipped, summary.done) == (1, 1)
+    assert run_dragbench(tmp_path / "data", out, Loader(), progress=False).skipped == 2
+
+
+def test_cli_refuses_other_data_in_one_line(tmp_path, capsys):
+    write_dragbench(tmp_path / "data", GOOD)
+    write_dragbench(tmp_path / "other", GOOD)
+    save_tiny_model(tmp_path / "model")
+    argv = ["dragbench", "run", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "out"), "--device", "cpu",
+            "--no-progress", "--data"]
+    assert main([*argv, str(tmp_path / "data")]) == 0
+    capsys.readouterr()
+    assert main([*argv, str(tmp_path / "other")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "data: " in error and str(tmp_path / "other") in error
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]\n", '{"model": "caf\xe9"}'.encode("latin-1"), b"\"text\"", b"\x00" * 10])
+def test_a_stamp_of_the_wrong_type_or_encoding_is_one_refusal_naming_it(tmp_path, capsys, content):
+    write_dragbench(tmp_path / "data", GOOD)
+    (tmp_path / "out").mkdir()
+    stamp = tmp_path / "out" / "run_config.json"
+    stamp.write_bytes(content)
+    with pytest.raises(RunRefused, match="use another --out") as refused:
+        run_dragbench(tmp_path / "data", tmp_path / "out", Loader(), progress=False)
+    assert str(stamp) in str(refused.value)
+    assert main(["dragbench", "run", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                 "--device", "cpu", "--model", str(tmp_path / "no-model"), "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and str(stamp) in error
+    assert stamp.read_bytes() == content  # refused, not overwritten
+
+
+@pytest.fixture
+def bench(tmp_path):
+    write_dragbench(tmp_path / "data", GOOD)
+    save_tiny_model(tmp_path / "model")
+    return tmp_path
+
+
+def bench_argv(tmp_path) -> list[str]:
+    return ["dragbench", "run", "--data", str(tmp_path / "data"), "--model", str(tmp_path / "model"),
+            "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress"]
+
+
+@pytest.mark.parametrize("where", ["image", "results line", "stamp"])
+def test_a_full_disk_is_one_line_and_exit_1_and_a_rerun_resumes(bench, capsys, monkeypatch, where):
+    real_write = os.write
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "image":
+        monkeypatch.setattr(Image.Image, "save", no_space)
+    else:
+        prefix = b"\n{" if where == "results line" else b"{"
+        monkeypatch.setattr(dragbench.os, "write",
+                            lambda fd, data: no_space() if data.startswith(prefix) else real_write(fd, data))
+    assert main(bench_argv(bench)) == 1
+    captured = capsys.readouterr()
+    # stderr also holds the model loading's progress bars: the run's own say is one line.
+    errors = [line for line in captured.err.splitlines() if line.startswith("fastdrag:")]
+    assert len(errors) == 1 and "Traceback" not in captured.err
+    error = errors[0]
+    assert error.startswith("fastdrag: error: No space left on device writing to ")
+    assert "disk is full" in error and "rerun" in error and "resume" in error
+    assert not list((bench / "out").glob("*/*/.*.partial.png"))
+    monkeypatch.undo()
+
+    assert main(bench_argv(bench)) == 0
+    assert {key: r["status"] for key, r in read_results(bench / "out").items()} == {key: "ok" for key in GOOD}
+
+
+def test_a_lock_that_is_a_symbolic_link_is_refused_not_followed(tmp_path, capsys):
+    write_dragbench(tmp_path / "data", GOOD)
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (tmp_path / "out" / ".lock").symlink_to(target)
+    with pytest.raises(RunRefused, match="symbolic link"):
+        with FolderLock(tmp_path / "out"):
+            pass
+    assert main(["dragbench", "run", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                 "--device", "cpu", "--model", str(tmp_path / "no-model"), "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and ".lock" in error and "symbolic link" in error
+    assert target.read_text() == "keep me"
+    assert not read_records(tmp_path / "out")
