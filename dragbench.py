@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import gc
 import io
 import json
 import math
@@ -215,6 +216,11 @@ class _PickleScan:
         self.array_bytes = 0
 
     def run(self, data: bytes) -> None:
+        # The scan makes one node per value and no reference cycles, so the cyclic garbage collector
+        # has nothing to find in it; left on, its full passes walk every object torch and the model
+        # made, and a scan of 20,000 values took 0.5 s instead of 0.08 s.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             for count, (opcode, arg, _) in enumerate(pickletools.genops(io.BytesIO(data)), 1):
                 if count > self.limits.max_opcodes:
@@ -222,6 +228,9 @@ class _PickleScan:
                 self.step(opcode.name, arg)
         except (ValueError, UnicodeDecodeError, struct.error) as error:  # genops on a malformed file
             raise _Refused(f"malformed pickle ({error})") from None
+        finally:
+            if collecting:
+                gc.enable()
 
     # -- the stack ---------------------------------------------------------------------------
 
