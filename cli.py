@@ -345,12 +345,13 @@ def dragbench_options(args):
 
 
 def run_dragbench_run(args) -> int:
-    from .dragbench import RunRefused, find_samples, run_dragbench
+    from .dragbench import DiskFull, RunRefused, find_samples, meta_limits, run_dragbench
 
     try:
+        meta_limits()  # a bad FASTDRAG_MAX_META_MIB
         if not find_samples(args.data):
             raise UsageError(f"no DragBench samples (<category>/<sample>/meta_data.pkl) under {args.data}")
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from error
     _, dtype = pick_device_and_dtype(args.device, args.dtype)  # a bad --device is reported before any work
     offline = check_model_sources(args)
@@ -365,6 +366,9 @@ def run_dragbench_run(args) -> int:
                                 device=args.device, config=config)
     except RunRefused as error:
         raise UsageError(str(error)) from error
+    except DiskFull as error:  # a runtime failure, not a usage error: exit 1
+        print(f"fastdrag: error: {error.strerror}", file=sys.stderr)
+        return 1
     from accelerate import PartialState
 
     if PartialState().is_main_process:

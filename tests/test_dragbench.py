@@ -99,11 +99,14 @@ def test_run_resumes_skipping_done_samples_and_retrying_failed_ones(tmp_path):
     assert counts == {"animals/cat": 1, "animals/dog": 1, "landscape/hill": 1, "landscape/lake": 2, "human_head/face": 2}
     assert (out / "animals" / "cat" / "dragged_image.png").stat().st_mtime_ns == first
 
-    # With the failing sample fixed there is nothing left after it: then the pipeline is not even loaded.
-    write_dragbench(tmp_path / "fixed", {**GOOD, "human_head/face": [[10, 12], [14, 12]]})
-    assert run_dragbench(tmp_path / "fixed", out, CountingLoader(), progress=False).done == 1
+    # With the failing sample fixed in place there is nothing left after it: then the pipeline is not
+    # even loaded. (Other data into the same folder is refused: tests/test_hostile_dragbench.py.)
+    write_dragbench(tmp_path / "fixed", {"human_head/face": [[10, 12], [14, 12]]})
+    os.replace(tmp_path / "fixed" / "human_head" / "face" / "meta_data.pkl",
+               tmp_path / "data" / "human_head" / "face" / "meta_data.pkl")
+    assert run_dragbench(tmp_path / "data", out, CountingLoader(), progress=False).done == 1
     idle = CountingLoader()
-    summary = run_dragbench(tmp_path / "fixed", out, idle, progress=False)
+    summary = run_dragbench(tmp_path / "data", out, idle, progress=False)
     assert (summary.skipped, summary.done, idle.loads) == (5, 0, 0)
 
 
