@@ -9,7 +9,10 @@ file from its community-pipelines mirror, so that file must hold everything. It 
 
 The modules' imports are merged, their relative imports dropped (the names they import are defined
 in the same file), and each module's body follows in dependency order. Two modules defining the
-same top-level name would silently shadow each other in one file, so that is an error here.
+same top-level name would silently shadow each other in one file, so that is an error here. The
+result goes through ruff as Diffusers' ``make style`` would put it (Diffusers' settings, its pinned
+ruff version), with a license header and an example that loads it as a community pipeline, so that
+it can be proposed to Diffusers as it is.
 """
 
 import argparse
