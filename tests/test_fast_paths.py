@@ -229,6 +229,45 @@ def test_a_graph_is_captured_again_when_the_unet_changes(pipe):
     assert graphs.captures == 5
 
 
+def failing_capture(fail_at: str):
+    """The stand-in capture, made to raise at capture time, or at every replay after capturing."""
+
+    def capture(fn, inputs, cache):
+        if fail_at == "capture":
+            fn(**inputs)  # a real capture fails midway, after running part of the work
+            raise RuntimeError("stand-in capture failed")
+        outputs = as_tuple(fn(**inputs))
+
+        def replay():
+            raise RuntimeError("stand-in replay failed")
+
+        return replay, outputs
+
+    return capture
+
+
+@pytest.mark.parametrize("fail_at", ["capture", "replay"])
+def test_a_graph_that_fails_falls_back_to_the_eager_path_with_one_warning(pipe, fail_at):
+    eager = StableDiffusionFastDragPipeline(**tiny_components())
+    eager.set_progress_bar_config(disable=True)
+    expected = {"edit": edit(eager), "other": edit(eager, image=tiny_image(1))}
+    inversion = eager.invert(tiny_image(2), prompt="a dog")
+    expected["redrag"] = redrag(eager, inversion)
+
+    pipe._cuda_graphs = GraphCache(capture=failing_capture(fail_at), device_type="cpu")
+    with pytest.warns(UserWarning) as caught:
+        np.testing.assert_array_equal(edit(pipe), expected["edit"])
+        np.testing.assert_array_equal(edit(pipe), expected["edit"])
+        np.testing.assert_array_equal(edit(pipe, image=tiny_image(1)), expected["other"])
+        np.testing.assert_array_equal(redrag(pipe, pipe.invert(tiny_image(2), prompt="a dog")), expected["redrag"])
+    messages = [str(w.message) for w in caught]
+    # One warning per key (inversion, warp, sampling), however often the key comes back.
+    assert len(messages) == 3, messages
+    assert all(f"stand-in {fail_at} failed" in m and "running it eagerly" in m for m in messages)
+    assert {m.split("'")[1] for m in messages} == {"inversion", "warp", "sampling"}
+    assert len(pipe._cuda_graphs) == 0 and pipe._cuda_graphs.captures == (0 if fail_at == "capture" else 3)
+
+
 def test_enable_cuda_graphs_needs_cuda(pipe, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="CUDA graphs need a CUDA device"):
