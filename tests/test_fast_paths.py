@@ -17,12 +17,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.cuda_graphs import GraphCache, as_tuple
+from fastdrag.testing import capture_by_rerunning
 from tiny_models import tiny_components, tiny_image
 
 HANDLES = [(10.0, 12.0), (20.5, 19.0)]  # image (x, y)
 TARGETS = [(15.0, 12.0), (22.0, 25.5)]
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+cuda = pytest.mark.cuda  # skipped without a GPU (conftest.py); benchmarks/gpu_suite.py runs them
 
 
 def edit(pipe, **kwargs):
@@ -132,18 +133,6 @@ def test_the_host_read_check_catches_an_item_call(pipe, monkeypatch):
 # --------------------------------------------------------------------------------------------
 # CUDA graphs, with a stand-in capture on the CPU
 # --------------------------------------------------------------------------------------------
-
-
-def capture_by_rerunning(fn, inputs, cache):
-    """The first call's ``fn`` and static inputs, run again on every replay into fixed outputs:
-    like a CUDA graph, it sees later calls only through the static inputs it was given."""
-    outputs = as_tuple(fn(**inputs))
-
-    def replay():
-        for static, new in zip(outputs, as_tuple(fn(**inputs))):
-            static.copy_(new)
-
-    return replay, outputs
 
 
 def with_stand_in_graphs(pipe, max_graphs=8) -> GraphCache:
