@@ -1,13 +1,16 @@
 """benchmarks/gpu_suite.py: its dry run on the CPU writes every step's rows, a failing CUDA test
 fails it, and it installs what is missing from local wheels only.
 
-The dry run is how CI runs the suite: the same steps as on a GPU, at tiny sizes.
+The dry run is how CI runs the suite: the same steps as on a GPU, at tiny sizes. Its table and JSON
+stay in `$FASTDRAG_ARTIFACTS/gpu-suite-dry-run/` (default `test-artifacts/`) for CI to show.
 """
 
 import importlib.metadata
 import importlib.util
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +18,9 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-SUITE = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_suite.py"
+ROOT = Path(__file__).resolve().parent.parent
+SUITE = ROOT / "benchmarks" / "gpu_suite.py"
+ARTIFACTS = Path(os.environ.get("FASTDRAG_ARTIFACTS", ROOT / "test-artifacts"))
 
 
 def load_suite():
@@ -29,11 +34,13 @@ def run_suite(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SUITE), *args], capture_output=True, text=True, timeout=1500)
 
 
-def test_the_dry_run_writes_every_step_with_values(tmp_path):
-    done = run_suite("--dry-run", "--out", str(tmp_path))
+def test_the_dry_run_writes_every_step_with_values():
+    out = ARTIFACTS / "gpu-suite-dry-run"
+    shutil.rmtree(out, ignore_errors=True)
+    done = run_suite("--dry-run", "--out", str(out))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = json.loads((tmp_path / "gpu_suite.json").read_text())
-    table = (tmp_path / "gpu_suite.md").read_text()
+    report = json.loads((out / "gpu_suite.json").read_text())
+    table = (out / "gpu_suite.md").read_text()
     steps = {step["name"]: step for step in report["steps"]}
     assert list(steps) == ["cuda-tests", "sd15", "sd15-first-edit", "sd15-compile", "warp", "sdxl", "variants"]
     assert report["run"]["exit code"] == 0 and report["run"]["kind"].startswith("dry run")
@@ -88,6 +95,17 @@ def test_a_failing_cuda_test_fails_the_suite(tmp_path):
         (tmp_path / "out" / "gpu_suite.md").read_text())
 
 
+def test_a_step_past_its_budget_is_killed_and_the_suite_goes_on(tmp_path):
+    done = run_suite("--dry-run", "--out", str(tmp_path), "--steps", "warp", "sdxl", "--step-budget", "warp=0.5")
+    assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-3000:]
+    warp, sdxl = json.loads((tmp_path / "gpu_suite.json").read_text())["steps"]
+    assert warp["status"] == "ran past its budget (0 s): killed" and warp["seconds"] < 5
+    assert sdxl["status"] == "not built yet"
+    assert "| 3 | **the warp on the device** | ran past its budget (0 s): killed" in (tmp_path / "gpu_suite.md").read_text()
+    bad = run_suite("--dry-run", "--out", str(tmp_path), "--step-budget", "warp")
+    assert bad.returncode == 2 and "--step-budget warp: expected STEP=SECONDS" in bad.stderr
+
+
 def test_missing_packages_without_wheels_stop_with_the_download_command(capsys, tmp_path):
     suite = load_suite()
     for folder in (None, str(tmp_path / "absent")):
@@ -137,7 +155,7 @@ def test_the_wheel_list_names_every_dependency_torch_does_not_bring():
     needed = requirement_closure(["diffusers", "transformers", "accelerate", "safetensors", "numpy", "pillow", "pytest"])
     assert needed - requirement_closure(["torch"]) - listed == set()
     # and the project's own requirements
-    setup = (SUITE.parent.parent / "setup.cfg").read_text()
+    setup = (ROOT / "setup.cfg").read_text()
     block = setup.split("install_requires =")[1].split("\n\n")[0]
     project = {canonical(Requirement(line.strip()).name) for line in block.splitlines() if line.strip()}
     assert project - {"torch"} <= listed
