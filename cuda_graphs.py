@@ -14,6 +14,7 @@ This module imports nothing relative, so Diffusers can copy it beside a local
 ``custom_pipeline`` file.
 """
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -78,6 +79,8 @@ class GraphCache:
         self.captures = 0
         self._capture = capture
         self._graphs: OrderedDict[Hashable, CapturedGraph] = OrderedDict()
+        # Keys whose capture or replay raised: they run eagerly from then on, without retrying.
+        self._eager_keys: set[Hashable] = set()
         self._pool = None
         self._stream = None
 
@@ -115,20 +118,36 @@ class GraphCache:
         here. ``fn`` may only read tensors passed in ``inputs``, tensors that stay alive and in
         place (parameters, the key/value bank), and those in ``keep_alive``, held as long as the
         graph. The outputs are overwritten by the next replay of this graph.
+
+        A capture or replay that raises (the graph path has not been run on every GPU and torch
+        build) does not fail the call: ``fn`` runs eagerly on ``inputs`` instead, for this key and
+        every later call with it, and one warning says so.
         """
         full_key = (key, tuple((name, tuple(t.shape), t.dtype, t.device) for name, t in inputs.items()))
+        if full_key in self._eager_keys:
+            return as_tuple(fn(**inputs))
         entry = self._graphs.get(full_key)
-        if entry is None:
-            static = {name: tensor.clone() for name, tensor in inputs.items()}
-            replay, outputs = self._capture(fn, static, self)
-            self.captures += 1
-            entry = CapturedGraph(replay=replay, inputs=static, outputs=outputs, keep_alive=tuple(keep_alive))
-            self._graphs[full_key] = entry
-            while len(self._graphs) > self.max_graphs:
-                self._graphs.popitem(last=False)
-        else:
-            self._graphs.move_to_end(full_key)
-            for name, tensor in inputs.items():
-                entry.inputs[name].copy_(tensor)
-        entry.replay()
+        stage = "capture"
+        try:
+            if entry is None:
+                static = {name: tensor.clone() for name, tensor in inputs.items()}
+                replay, outputs = self._capture(fn, static, self)
+                self.captures += 1
+                entry = CapturedGraph(replay=replay, inputs=static, outputs=outputs, keep_alive=tuple(keep_alive))
+                self._graphs[full_key] = entry
+                while len(self._graphs) > self.max_graphs:
+                    self._graphs.popitem(last=False)
+            else:
+                self._graphs.move_to_end(full_key)
+                for name, tensor in inputs.items():
+                    entry.inputs[name].copy_(tensor)
+            stage = "replay"
+            entry.replay()
+        except Exception as error:
+            self._graphs.pop(full_key, None)
+            self._eager_keys.add(full_key)
+            name = key[0] if isinstance(key, tuple) and key else key
+            warnings.warn(f"CUDA graph {name!r} failed at {stage} ({type(error).__name__}: {error}); "
+                          "running it eagerly from now on", stacklevel=2)
+            return as_tuple(fn(**inputs))
         return entry.outputs

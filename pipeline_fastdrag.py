@@ -312,7 +312,8 @@ class StableDiffusionFastDragPipeline(
         bits as the eager path. The first call of each new combination pays an eager warm-up and
         the capture. At most ``max_graphs`` graphs are kept, least recently used evicted first;
         they share one memory pool. Calls with ``callback_on_step_end`` sample eagerly, and
-        ``fill="noise"`` warps eagerly.
+        ``fill="noise"`` warps eagerly. A capture or replay that raises does not fail the call: that
+        combination runs eagerly from then on, and one warning says so.
 
         Call it after moving the pipeline to its CUDA device. On another device the pipeline runs
         eagerly (a warning says so once). Call it again to drop the graphs, for example after

@@ -48,7 +48,7 @@ from fastdrag.cuda_graphs import GraphCache, capture_cuda_graph
 from fastdrag.inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, check_schedule
 from fastdrag.pipeline_fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.timing import PHASES, synchronize
-from fastdrag.testing import random_sd15_pipeline, write_dragbench
+from fastdrag.testing import capture_by_rerunning, random_sd15_pipeline, write_dragbench
 
 # seconds, for the H100 / fp16 / 512x512 configuration of the fast-path issue
 TARGETS = {
@@ -64,6 +64,28 @@ def load_pipeline(args, dtype: torch.dtype) -> StableDiffusionFastDragPipeline:
     if args.model:
         return StableDiffusionFastDragPipeline.from_pretrained(args.model, **from_pretrained_dtype(dtype), safety_checker=None)
     return random_sd15_pipeline(dtype)
+
+
+def graphs_wanted(args, device: torch.device) -> bool:
+    """Whether the CUDA-graph path is timed: on CUDA, or anywhere with the stand-in capture."""
+    return (device.type == "cuda" or args.stand_in_graphs) and not args.no_graphs
+
+
+def enable_graphs(pipe, device: torch.device) -> None:
+    """``pipe.enable_cuda_graphs()`` on CUDA; elsewhere the stand-in capture, which runs the same
+    graph path without CUDA (``--stand-in-graphs``: the GPU suite's dry run tests itself with it)."""
+    if device.type == "cuda":
+        pipe.enable_cuda_graphs()
+    else:
+        pipe._cuda_graphs = GraphCache(capture=capture_by_rerunning, device_type=device.type)
+
+
+def compile_unet(pipe, args) -> None:
+    """The Diffusers way; ``--compile-backend eager`` only traces (no code generated), for CPU dry runs."""
+    if args.compile_backend == "inductor":
+        pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
+    else:
+        pipe.unet = torch.compile(pipe.unet, backend=args.compile_backend, fullgraph=True)
 
 
 class Clock:
@@ -135,12 +157,15 @@ class BareUNetCalls:
     def __init__(self, pipe, latents, embeds, timesteps: list[int], graphed: bool):
         self.pipe, self.latents, self.embeds = pipe, latents, embeds
         self.timesteps = torch.tensor(timesteps, device=latents.device)
-        # Captured the way the pipeline captures its loops (side-stream warm-up, then the graph).
-        self.replay = capture_cuda_graph(self.run_eagerly, {}, GraphCache(1))[0] if graphed else None
+        # Captured the way the pipeline captures its loops (side-stream warm-up, then the graph);
+        # off CUDA, graphed means the stand-in capture of a dry run.
+        capture = capture_cuda_graph if latents.device.type == "cuda" else capture_by_rerunning
+        self.replay = capture(self.run_eagerly, {}, GraphCache(1))[0] if graphed else None
 
-    def run_eagerly(self):
+    def run_eagerly(self) -> torch.Tensor:
         for i in range(len(self.timesteps)):
-            self.pipe.unet(self.latents, self.timesteps[i], encoder_hidden_states=self.embeds, return_dict=False)
+            noise = self.pipe.unet(self.latents, self.timesteps[i], encoder_hidden_states=self.embeds, return_dict=False)[0]
+        return noise  # a graph's output; the stand-in capture of a dry run copies it
 
     def __call__(self):
         self.replay() if self.replay is not None else self.run_eagerly()
@@ -204,16 +229,17 @@ def first_edit(args) -> dict:
     pipe = load_pipeline(args, dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     if args.first_edit == "graphs":
-        pipe.enable_cuda_graphs()
+        enable_graphs(pipe, device)
     inputs = benchmark_inputs(args.resolution)
     first = time_edit(pipe, inputs, args, device)[0]
     second = time_edit(pipe, inputs, args, device)[0]
     return {"first": first, "second": second}
 
 
-def first_edit_in_fresh_process(path: str) -> dict:
-    """Run this script again with ``--first-edit PATH`` and read the JSON line it prints."""
-    command = [sys.executable, __file__, *sys.argv[1:], "--first-edit", path]
+def first_edit_in_fresh_process(path: str, argv: list[str] | None = None) -> dict:
+    """Run this script again with ``argv`` (this run's by default) and ``--first-edit PATH``, and
+    read the JSON line it prints."""
+    command = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv), "--first-edit", path]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -342,7 +368,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     pick_device_and_dtype(args.device, args.dtype)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=DTYPES)
@@ -353,16 +379,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each; the median is shown")
     parser.add_argument("--warmup", type=int, default=1, help="untimed edits first (kernels, allocator)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(unet, mode='reduce-overhead')")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend for --compile; 'eager' only traces (CPU dry runs)")
     parser.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph path")
     parser.add_argument("--dragbench", type=int, default=12, help="samples for the runner's seconds per sample (0: skip)")
     parser.add_argument("--no-first-edit", action="store_true", help="skip the fresh-process first-edit timings")
     parser.add_argument("--vae-layouts", action="store_true",
                         help="also time VAE encode/decode in channels_last against contiguous, and compare bits")
     parser.add_argument("--first-edit", choices=["eager", "graphs"], help=argparse.SUPPRESS)
+    parser.add_argument("--stand-in-graphs", action="store_true",
+                        help="off CUDA, time the graph path with a stand-in capture (tests the plumbing, not CUDA)")
     parser.add_argument("--sdpa", default="default", choices=["default", "math", "flash", "efficient", "cudnn"])
     parser.add_argument("--model", help="load real weights (Hub id or folder) instead of random SD 1.5 shapes")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads on the CPU")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     check_arguments(args)
 
     if args.threads:
@@ -378,7 +412,7 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     built = time.perf_counter() - start
     inputs = benchmark_inputs(args.resolution)
-    graphs = device.type == "cuda" and not args.no_graphs
+    graphs = graphs_wanted(args, device)
 
     results, dragbench, layouts = {}, None, {}
     with attention_backend(args.sdpa):
@@ -386,13 +420,13 @@ def main() -> None:
             layouts = vae_layouts(pipe, inputs, device, args.repeats)
         results["eager"] = measure_path(pipe, inputs, args, device, "eager")
         if graphs:
-            pipe.enable_cuda_graphs()
+            enable_graphs(pipe, device)
             results["graphs"] = measure_path(pipe, inputs, args, device, "graphs")
         if args.dragbench:
             dragbench = dragbench_seconds(pipe, args, device)  # graphs on CUDA, as `dragbench run` does
         pipe.disable_cuda_graphs()
         if args.compile:
-            pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
+            compile_unet(pipe, args)
             results["compile"] = measure_path(pipe, inputs, args, device, "compile")
     firsts = {}
     if not args.no_first_edit:

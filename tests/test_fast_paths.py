@@ -17,12 +17,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.cuda_graphs import GraphCache, as_tuple
+from fastdrag.testing import capture_by_rerunning
 from tiny_models import tiny_components, tiny_image
 
 HANDLES = [(10.0, 12.0), (20.5, 19.0)]  # image (x, y)
 TARGETS = [(15.0, 12.0), (22.0, 25.5)]
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+cuda = pytest.mark.cuda  # skipped without a GPU (conftest.py); benchmarks/gpu_suite.py runs them
 
 
 def edit(pipe, **kwargs):
@@ -134,18 +135,6 @@ def test_the_host_read_check_catches_an_item_call(pipe, monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 
-def capture_by_rerunning(fn, inputs, cache):
-    """The first call's ``fn`` and static inputs, run again on every replay into fixed outputs:
-    like a CUDA graph, it sees later calls only through the static inputs it was given."""
-    outputs = as_tuple(fn(**inputs))
-
-    def replay():
-        for static, new in zip(outputs, as_tuple(fn(**inputs))):
-            static.copy_(new)
-
-    return replay, outputs
-
-
 def with_stand_in_graphs(pipe, max_graphs=8) -> GraphCache:
     pipe._cuda_graphs = GraphCache(max_graphs, capture=capture_by_rerunning, device_type="cpu")
     return pipe._cuda_graphs
@@ -227,6 +216,45 @@ def test_a_graph_is_captured_again_when_the_unet_changes(pipe):
     torch.nn.init.zeros_(pipe.unet.conv_out.bias)  # in place: a graph reads the new values
     edit(pipe)
     assert graphs.captures == 5
+
+
+def failing_capture(fail_at: str):
+    """The stand-in capture, made to raise at capture time, or at every replay after capturing."""
+
+    def capture(fn, inputs, cache):
+        if fail_at == "capture":
+            fn(**inputs)  # a real capture fails midway, after running part of the work
+            raise RuntimeError("stand-in capture failed")
+        outputs = as_tuple(fn(**inputs))
+
+        def replay():
+            raise RuntimeError("stand-in replay failed")
+
+        return replay, outputs
+
+    return capture
+
+
+@pytest.mark.parametrize("fail_at", ["capture", "replay"])
+def test_a_graph_that_fails_falls_back_to_the_eager_path_with_one_warning(pipe, fail_at):
+    eager = StableDiffusionFastDragPipeline(**tiny_components())
+    eager.set_progress_bar_config(disable=True)
+    expected = {"edit": edit(eager), "other": edit(eager, image=tiny_image(1))}
+    inversion = eager.invert(tiny_image(2), prompt="a dog")
+    expected["redrag"] = redrag(eager, inversion)
+
+    pipe._cuda_graphs = GraphCache(capture=failing_capture(fail_at), device_type="cpu")
+    with pytest.warns(UserWarning) as caught:
+        np.testing.assert_array_equal(edit(pipe), expected["edit"])
+        np.testing.assert_array_equal(edit(pipe), expected["edit"])
+        np.testing.assert_array_equal(edit(pipe, image=tiny_image(1)), expected["other"])
+        np.testing.assert_array_equal(redrag(pipe, pipe.invert(tiny_image(2), prompt="a dog")), expected["redrag"])
+    messages = [str(w.message) for w in caught]
+    # One warning per key (inversion, warp, sampling), however often the key comes back.
+    assert len(messages) == 3, messages
+    assert all(f"stand-in {fail_at} failed" in m and "running it eagerly" in m for m in messages)
+    assert {m.split("'")[1] for m in messages} == {"inversion", "warp", "sampling"}
+    assert len(pipe._cuda_graphs) == 0 and pipe._cuda_graphs.captures == (0 if fail_at == "capture" else 3)
 
 
 def test_enable_cuda_graphs_needs_cuda(pipe, monkeypatch):
