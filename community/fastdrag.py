@@ -1338,11 +1338,11 @@ EXAMPLE_DOC_STRING = """
     Examples:
         ```py
         >>> import torch
+        >>> from diffusers import DiffusionPipeline
         >>> from PIL import Image
-        >>> from fastdrag import StableDiffusionFastDragPipeline
 
-        >>> pipe = StableDiffusionFastDragPipeline.from_pretrained(
-        ...     "stable-diffusion-v1-5/stable-diffusion-v1-5", torch_dtype=torch.float16
+        >>> pipe = DiffusionPipeline.from_pretrained(
+        ...     "stable-diffusion-v1-5/stable-diffusion-v1-5", custom_pipeline="fastdrag", torch_dtype=torch.float16
         ... ).to("cuda")
         >>> image = Image.open("cat.png")  # 512x512
         >>> mask = Image.open("cat_mask.png")  # white (or painted alpha) = may move

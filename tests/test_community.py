@@ -44,6 +44,19 @@ def test_community_file_stands_alone_with_one_pipeline_class():
     assert dynamic_modules_utils.get_relative_imports(str(COMMUNITY)) == []
 
 
+def test_community_file_shows_community_users_what_they_have():
+    # A community user has Diffusers, not this package: not even the examples may import it.
+    text = COMMUNITY.read_text()
+    assert "fastdrag import" not in text and "import fastdrag" not in text
+    namespace = {}
+    exec(compile(ast.Module([node for node in ast.parse(text).body if isinstance(node, ast.Assign)
+                             and [getattr(t, "id", None) for t in node.targets] == ["EXAMPLE_DOC_STRING"]], []),
+                 "example", "exec"), namespace)
+    assert 'DiffusionPipeline.from_pretrained(' in namespace["EXAMPLE_DOC_STRING"]
+    assert 'custom_pipeline="fastdrag"' in namespace["EXAMPLE_DOC_STRING"]
+    assert text.startswith("# Copyright") and "Apache License, Version 2.0" in text.split('"""')[0]
+
+
 def file_diffusers_asks_for(releases: list[str], custom_revision: str | None) -> str:
     """The community-mirror file that ``custom_pipeline="fastdrag"`` makes the installed Diffusers
     download, derived as ``dynamic_modules_utils.get_cached_module_file`` derives it: the installed

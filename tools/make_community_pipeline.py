@@ -71,27 +71,16 @@ Do not edit: change those modules and run the script again.
 """
 '''
 
-# The entry module's example shows the package import; a community user has only Diffusers.
-EXAMPLE_DOC_STRING = '''EXAMPLE_DOC_STRING = """
-    Examples:
-        ```py
-        >>> import torch
-        >>> from diffusers import DiffusionPipeline
-        >>> from PIL import Image
-
-        >>> pipe = DiffusionPipeline.from_pretrained(
-        ...     "stable-diffusion-v1-5/stable-diffusion-v1-5", custom_pipeline="fastdrag", torch_dtype=torch.float16
-        ... ).to("cuda")
-        >>> image = Image.open("cat.png")  # 512x512
-        >>> mask = Image.open("cat_mask.png")  # white (or painted alpha) = may move
-        >>> out = pipe(image, handle_points=[(250, 180)], target_points=[(290, 160)], mask=mask, prompt="a cat")
-        >>> out.images[0].save("cat_dragged.png")
-
-        >>> # Re-drag the same image without inverting it again: only the sampling half runs.
-        >>> inversion = pipe.invert(image, prompt="a cat")
-        >>> out = pipe(handle_points=[(250, 180)], target_points=[(230, 150)], mask=mask, inversion=inversion)
-        ```
-"""'''
+# The entry module's example imports the package; a community user has only Diffusers. Each pair:
+# what the example says, what the community file says instead.
+COMMUNITY_EXAMPLE = (
+    ("        >>> from PIL import Image\n        >>> from fastdrag import StableDiffusionFastDragPipeline\n",
+     "        >>> from diffusers import DiffusionPipeline\n        >>> from PIL import Image\n"),
+    ("        >>> pipe = StableDiffusionFastDragPipeline.from_pretrained(\n"
+     '        ...     "stable-diffusion-v1-5/stable-diffusion-v1-5", torch_dtype=torch.float16\n',
+     "        >>> pipe = DiffusionPipeline.from_pretrained(\n"
+     '        ...     "stable-diffusion-v1-5/stable-diffusion-v1-5", custom_pipeline="fastdrag", torch_dtype=torch.float16\n'),
+)
 
 
 def sibling_order(entry: ast.Module) -> list[str]:
@@ -163,15 +152,18 @@ def first_paragraph(tree: ast.Module) -> str:
 
 
 def with_community_example(rest: str, tree: ast.Module, source: str) -> str:
-    """The entry module's code with its ``EXAMPLE_DOC_STRING`` replaced by the community one."""
+    """The entry module's code with its ``EXAMPLE_DOC_STRING`` loading the community pipeline."""
     node = next(
         node for node in tree.body
         if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["EXAMPLE_DOC_STRING"]
     )
-    segment = ast.get_source_segment(source, node)
-    if rest.count(segment) != 1:
-        raise SystemExit(f"{ENTRY}.py: EXAMPLE_DOC_STRING must be assigned once, at the top level")
-    return rest.replace(segment, EXAMPLE_DOC_STRING)
+    example = ast.get_source_segment(source, node)
+    community = example
+    for package, instead in COMMUNITY_EXAMPLE:
+        if community.count(package) != 1:
+            raise SystemExit(f"{ENTRY}.py: EXAMPLE_DOC_STRING no longer has, once, the lines:\n{package}")
+        community = community.replace(package, instead)
+    return rest.replace(example, community)
 
 
 def ruff(*args: str, text: str = "") -> str:
@@ -199,12 +191,13 @@ def diffusers_style(text: str) -> str:
 
 def render() -> str:
     """The text of ``community/fastdrag.py`` for the modules as they are now."""
-    entry_imports, entry_rest, entry_tree = split_module(ROOT / f"{ENTRY}.py")
-    entry_rest = with_community_example(entry_rest, entry_tree, (ROOT / f"{ENTRY}.py").read_text())
+    entry_imports, _, entry_tree = split_module(ROOT / f"{ENTRY}.py")
     modules = sibling_order(entry_tree)
     parts, imports, seen = [], list(entry_imports), {}
     for name in [*modules, ENTRY]:
         module_imports, rest, tree = split_module(ROOT / f"{name}.py")
+        if name == ENTRY:
+            rest = with_community_example(rest, tree, (ROOT / f"{name}.py").read_text())
         if any(isinstance(node, ast.ImportFrom) and node.level for node in module_imports) and name != ENTRY:
             raise SystemExit(f"{name}.py imports a sibling; the one-file pipeline relies on siblings that do not")
         for defined in defined_names(tree):
