@@ -8,6 +8,7 @@ Diffusers.
 # Python identifier, and a relative import would fail there.
 import importlib
 
+
 __version__ = "0.1.0"
 
 _EXPORTS = {

@@ -30,6 +30,7 @@ from .frontend import draw_arrows, first_line, format_phases, preview_drag
 from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, to_rgb
 from .warpage import DEFAULT_FILL, DEFAULT_MODE, EDIT_MODES, FILL_MODES
 
+
 DEFAULT_MAX_SIDE = 512
 DEFAULT_FACTOR = 8
 MIN_MAX_SIDE = DEFAULT_FACTOR  # one latent pixel of Stable Diffusion's VAE: nothing smaller can be edited

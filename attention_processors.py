@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+
 RECORD = "record"
 REPLAY = "replay"
 OFF = "off"

@@ -18,6 +18,7 @@ from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, check_drag_points, check_im
 from .shapes import SHAPEDRAG_COUNT, SHAPEDRAG_SEED
 from .warpage import DEFAULT_FILL, DEFAULT_MODE, EDIT_MODES, FILL_MODES, check_edit_mode
 
+
 EXAMPLES = """examples:
   fastdrag preview cat.png --drag 250,180:290,160 --mask cat_mask.png --arrows -o preview.png
   fastdrag edit cat.png --drag 250,180:290,160 --mask cat_mask.png --prompt "a cat" -o edited.png

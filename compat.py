@@ -9,6 +9,7 @@ import diffusers
 import torch
 from packaging.version import Version
 
+
 # `from_pretrained(dtype=...)` exists from Diffusers 0.40; before it the keyword is ignored with a
 # warning and the model loads in float32. `torch_dtype=` works everywhere, deprecated from 0.40.
 DTYPE_KEYWORD = "dtype" if Version(diffusers.__version__) >= Version("0.40.0.dev0") else "torch_dtype"

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+
 DEFAULT_MAX_GRAPHS = 8
 
 # (fn, static inputs, cache) -> (replay, static outputs)

@@ -47,6 +47,7 @@ import numpy as np
 from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH
 from .warpage import DEFAULT_FILL, DEFAULT_MODE
 
+
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "run_config.json"
 LOCK_FILE = ".lock"

@@ -27,6 +27,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
+
 DEFAULT_STEPS = 10
 DEFAULT_STRENGTH = 0.7
 

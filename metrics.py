@@ -28,6 +28,7 @@ from .compat import from_pretrained_dtype
 from .dragbench import find_samples, is_done, load_sample, read_results
 from .inputs import image_to_tensor
 
+
 DIFT_MODEL = "stabilityai/stable-diffusion-2-1"
 LPIPS_SIZE = 224
 

@@ -21,8 +21,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import PIL.Image
 import torch
-from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
-
 from diffusers import (
     AutoencoderKL,
     DDIMInverseScheduler,
@@ -38,6 +36,7 @@ from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from diffusers.utils import USE_PEFT_BACKEND, logging, replace_example_docstring, scale_lora_layers, unscale_lora_layers
+from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
 
 from .attention_processors import RECORD, REPLAY, KVBank, KVState, fastdrag_attention, fastdrag_processors, kv_shapes
 from .compat import from_pretrained_dtype
@@ -59,6 +58,7 @@ from .inputs import (
 )
 from .timing import PhaseClock
 from .warpage import DEFAULT_FILL, DEFAULT_MODE, FILL_MODES, check_edit_mode, edit_latents, warp_constants
+
 
 logger = logging.get_logger(__name__)
 

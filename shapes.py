@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from .dragbench import EDITED_FILE, META_FILE, find_samples, load_meta, write_sample
 from .warpage import DEFAULT_FILL, DEFAULT_MODE, edit_latents
 
+
 IMAGE_SIZE = 64
 SUPERSAMPLE = 4
 SHAPE_KINDS = ("disc", "square")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
 SD15_SCHEDULER = dict(
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
     set_alpha_to_one=False, steps_offset=1,

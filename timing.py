@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import torch
 
+
 PHASES = ("text", "encode", "inversion", "warp", "sampling", "decode")
 
 

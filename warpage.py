@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+
 FILL_MODES = ("bnni", "original", "zeros", "noise")
 DEFAULT_FILL = "bnni"
 # The one-step latent edits: drag (sections 2-4), and move or copy the masked object (section 8).

@@ -47,8 +47,9 @@ from fastdrag.compat import from_pretrained_dtype
 from fastdrag.cuda_graphs import GraphCache, capture_cuda_graph
 from fastdrag.inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, check_schedule
 from fastdrag.pipeline_fastdrag import StableDiffusionFastDragPipeline
-from fastdrag.timing import PHASES, synchronize
 from fastdrag.testing import capture_by_rerunning, random_sd15_pipeline, write_dragbench
+from fastdrag.timing import PHASES, synchronize
+
 
 # seconds, for the H100 / fp16 / 512x512 configuration of the fast-path issue
 TARGETS = {

@@ -28,9 +28,20 @@ from tqdm.auto import tqdm
 
 from fastdrag.cli import UsageError, at_least, run_script
 from fastdrag.shapes import (
-    SCORE_COLUMNS, SHAPEDRAG_COUNT, SHAPEDRAG_SEED, DragCase, psnr, random_drag_case, render, score_drag, summarise,
-    table, to_uint8, warp_and_decode,
+    SCORE_COLUMNS,
+    SHAPEDRAG_COUNT,
+    SHAPEDRAG_SEED,
+    DragCase,
+    psnr,
+    random_drag_case,
+    render,
+    score_drag,
+    summarise,
+    table,
+    to_uint8,
+    warp_and_decode,
 )
+
 
 BASELINE = "warp the clean latent, decode (no diffusion)"
 UNEDITED = "unedited image"

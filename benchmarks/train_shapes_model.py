@@ -36,6 +36,7 @@ from fastdrag.cli import UsageError, at_least, pick_device_and_dtype, run_script
 from fastdrag.shapes import IMAGE_SIZE, render_batch
 from fastdrag.testing import SD15_SCHEDULER, byte_level_tokenizer, write_byte_level_vocabulary
 
+
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
     norm_num_groups=16, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
@@ -227,10 +228,10 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> None:
+    from diffusers import DDIMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from fastdrag.pipeline_fastdrag import StableDiffusionFastDragPipeline
-    from diffusers import DDIMScheduler
 
     args = parse_args(argv)
     check_arguments(args)

@@ -1,6 +1,7 @@
 import os
 import sys
 
+
 # The oracles and the tiny-model helpers live beside the tests.
 sys.path.insert(0, os.path.dirname(__file__))
 # Nothing in the tests may reach the Hub; a call that tries fails at once instead of hanging.
@@ -8,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 # Diffusers copies custom pipeline files into its modules cache: keep that out of the home folder.
 import tempfile  # noqa: E402
+
 
 os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="fastdrag-hf-modules-"))
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from tiny_models import tiny_components
 
 from fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.app import (
@@ -20,7 +21,7 @@ from fastdrag.app import (
     undo_point,
     view_zoom,
 )
-from tiny_models import tiny_components
+
 
 ADVANCED = {"prompt": "", "steps": 10, "strength": 0.7, "fill": "bnni", "consistency": True}
 

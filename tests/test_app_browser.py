@@ -20,6 +20,7 @@ import pytest
 from fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.shapes import EXAMPLE_CASE, score_drag
 
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("FASTDRAG_CHROMIUM", "/usr/bin/chromium")
 # Chromium as root in a sandbox with no network: no sandbox, no GPU, no background connections.

@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tiny_models import save_tiny_model
+
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_speed.py"
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_models import IMAGE_SIZE, tiny_components, tiny_image, write_dragbench
 
 from fastdrag.cli import main
-from tiny_models import IMAGE_SIZE, tiny_components, tiny_image, write_dragbench
 
 
 @pytest.fixture
@@ -77,9 +77,9 @@ class StubPipeline:
     ids=["app", "dragbench-run"],
 )
 def test_app_and_dragbench_run_use_cuda_graphs_on_cuda_unless_told_not_to(monkeypatch, argv):
-    from fastdrag import cli
-
     import torch
+
+    from fastdrag import cli
 
     monkeypatch.setattr(cli, "load_pipeline", lambda model, unet, dtype, local_files_only=False: StubPipeline())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine

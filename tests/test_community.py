@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from diffusers.utils import dynamic_modules_utils
+from tiny_models import tiny_components, tiny_image
 
 import fastdrag
 from fastdrag import StableDiffusionFastDragPipeline
-from tiny_models import tiny_components, tiny_image
+
 
 ROOT = Path(fastdrag.__file__).resolve().parent
 COMMUNITY = ROOT / "community" / "fastdrag.py"

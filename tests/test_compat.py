@@ -6,10 +6,10 @@ import inspect
 import pytest
 import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
+from tiny_models import save_tiny_model
 
 from fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.cli import load_pipeline
-from tiny_models import save_tiny_model
 
 
 def test_the_pipeline_annotations_are_types_that_every_diffusers_reads():

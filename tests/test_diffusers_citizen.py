@@ -12,11 +12,12 @@ from diffusers import (
     ConsistencyDecoderVAE,
     StableDiffusionPipeline,
 )
+from tiny_models import IMAGE_SIZE, tiny_components, tiny_image
 
 from fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.inputs import image_to_latent_mask, image_to_latent_points
 from fastdrag.warpage import warp_latents
-from tiny_models import IMAGE_SIZE, tiny_components, tiny_image
+
 
 HANDLES = [(10.0, 12.0), (20.5, 19.0)]  # image (x, y)
 TARGETS = [(15.0, 12.0), (22.0, 25.5)]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_models import IMAGE_SIZE, save_tiny_model, tiny_components, write_dragbench
 
 from fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.cli import main
@@ -21,7 +22,7 @@ from fastdrag.dragbench import (
     run_dragbench,
     split_points,
 )
-from tiny_models import IMAGE_SIZE, save_tiny_model, tiny_components, write_dragbench
+
 
 GOOD = {
     "animals/cat": [[10, 12], [16, 12]],

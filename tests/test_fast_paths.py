@@ -12,13 +12,14 @@ import logging
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_components, tiny_image
 from torch._dynamo.utils import counters
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.cuda_graphs import GraphCache, as_tuple
 from fastdrag.testing import capture_by_rerunning
-from tiny_models import tiny_components, tiny_image
+
 
 HANDLES = [(10.0, 12.0), (20.5, 19.0)]  # image (x, y)
 TARGETS = [(15.0, 12.0), (22.0, 25.5)]

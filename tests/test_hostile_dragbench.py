@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_models import save_tiny_model, tiny_components, write_dragbench
 
 from fastdrag import StableDiffusionFastDragPipeline, dragbench
 from fastdrag.cli import main
@@ -24,14 +25,12 @@ from fastdrag.dragbench import (
     META_MAX_MIB_ENV,
     FolderLock,
     RunRefused,
-    find_samples,
     load_meta,
-    load_sample,
     read_records,
     read_results,
     run_dragbench,
 )
-from tiny_models import save_tiny_model, tiny_components, write_dragbench
+
 
 GOOD = {"cat0/s0": [[8, 10], [12, 12]], "cat1/s1": [[9, 10], [13, 12]]}
 

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import IMAGE_SIZE, tiny_components, tiny_image, tiny_unet, tiny_vae
 
 import fastdrag
 from fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.cli import main
 from fastdrag.dragbench import Sample, load_sample
 from fastdrag.inputs import check_image, image_fingerprint, image_to_tensor, mask_to_tensor
-from tiny_models import IMAGE_SIZE, tiny_components, tiny_image, tiny_unet, tiny_vae
+
 
 ROOT = Path(fastdrag.__file__).resolve().parent
 HANDLES = [(10.0, 12.0), (20.5, 19.0)]  # image (x, y)

@@ -9,12 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMInverseScheduler, DiffusionPipeline, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    DDIMInverseScheduler,
+    DiffusionPipeline,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.utils import dynamic_modules_utils
+from tiny_models import tiny_components, tiny_image, tiny_unet
 
 import fastdrag
 from fastdrag import StableDiffusionFastDragPipeline
-from tiny_models import tiny_components, tiny_image, tiny_unet
+
 
 ROOT = Path(fastdrag.__file__).resolve().parent
 # The pipeline's sibling modules: each imported directly by both entry files, none importing another.

@@ -8,6 +8,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tiny_models import (
+    IMAGE_SIZE,
+    sd_scheduler,
+    tiny_text_encoder,
+    tiny_tokenizer,
+    tiny_unet,
+    tiny_vae,
+    write_dragbench,
+)
 
 from fastdrag.cli import main
 from fastdrag.dragbench import RESULTS_FILE, append_line
@@ -21,7 +30,6 @@ from fastdrag.metrics import (
     point_distances,
     write_report,
 )
-from tiny_models import IMAGE_SIZE, sd_scheduler, tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae, write_dragbench
 
 
 def shifted_features(height=12, width=20, dy=2, dx=4, channels=16):

@@ -4,14 +4,14 @@ loop oracle, the pipeline's round trip, the checks, the command line and the edi
 import numpy as np
 import pytest
 import torch
+from oracles import bnni_oracle, shift_oracle
 from PIL import Image
+from tiny_models import IMAGE_SIZE, tiny_image
 
 from fastdrag.app import Session, add_point, preview_view, set_mode
 from fastdrag.cli import main
 from fastdrag.inputs import image_to_latent_mask, image_to_latent_points
 from fastdrag.warpage import edit_latents, object_offset, shift_object
-from oracles import bnni_oracle, shift_oracle
-from tiny_models import IMAGE_SIZE, tiny_image
 
 
 def random_case(seed: int):
@@ -124,7 +124,6 @@ def test_bad_modes_are_refused_before_any_model_runs(pipe, kwargs, message):
 
 def test_cli_preview_and_edit_move_and_copy(tmp_path, capsys):
     from diffusers import StableDiffusionPipeline
-
     from tiny_models import tiny_components
 
     array = (tiny_image().permute(1, 2, 0).numpy() * 255).astype(np.uint8)

@@ -1,11 +1,13 @@
 """The Colab notebook runs, headless, against a tiny model: it cannot go stale."""
 
+from pathlib import Path
+
 import nbformat
 from nbclient import NotebookClient
+from tiny_models import save_tiny_model
 
 import fastdrag
-from pathlib import Path
-from tiny_models import save_tiny_model
+
 
 ROOT = Path(fastdrag.__file__).resolve().parent
 NOTEBOOK = ROOT / "examples" / "fastdrag_colab.ipynb"

@@ -4,12 +4,13 @@ import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler, PNDMScheduler
 from diffusers.configuration_utils import FrozenDict
 from PIL import Image
+from tiny_models import IMAGE_SIZE, tiny_components, tiny_image
 
 from fastdrag import StableDiffusionFastDragPipeline, attention_processors
 from fastdrag.attention_processors import KVBank, KVState, kv_shapes
 from fastdrag.inputs import image_to_latent_mask, image_to_latent_points
 from fastdrag.warpage import warp_latents
-from tiny_models import IMAGE_SIZE, tiny_components, tiny_image
+
 
 HANDLES = [(10.0, 12.0), (20.5, 19.0)]  # image (x, y)
 TARGETS = [(15.0, 12.0), (22.0, 25.5)]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import save_tiny_model, tiny_components, tiny_image, write_dragbench
 
 from fastdrag import StableDiffusionFastDragPipeline, dragbench
 from fastdrag.app import InversionCache, PipelineHolder, Session, add_point, build_app, run_edit
@@ -32,7 +33,7 @@ from fastdrag.dragbench import (
     run_dragbench,
 )
 from fastdrag.metrics import evaluate
-from tiny_models import save_tiny_model, tiny_components, tiny_image, write_dragbench
+
 
 SAMPLES = {f"cat{i % 2}/s{i}": [[8 + i, 10], [12 + i, 12]] for i in range(6)}
 

@@ -10,6 +10,7 @@ from fastdrag import shapes
 from fastdrag.dragbench import find_samples, load_sample
 from fastdrag.shapes import Scene, Shape, random_drag_case, render, score_edit, to_uint8
 
+
 RED, BLUE, GREY = (1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.5, 0.5, 0.5)
 
 

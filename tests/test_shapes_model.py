@@ -19,6 +19,7 @@ import fastdrag.pipeline_fastdrag as pipeline_module
 from fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.shapes import psnr, random_drag_case, render, score_drag, summarise, to_uint8
 
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "examples" / "shapes-model"
 SEED, COUNT = 123, 12  # held out: the benchmark uses seeds 1 to 3, training other streams

@@ -5,13 +5,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import bnni_oracle, field_oracle, relocate_oracle
 from PIL import Image
 
 from fastdrag import warpage
 from fastdrag.frontend import preview_drag
 from fastdrag.inputs import image_to_latent_mask, image_to_latent_points
 from fastdrag.warpage import bnni, fill_null, relocate, warp_latents, warpage_field
-from oracles import bnni_oracle, field_oracle, relocate_oracle
 
 
 # --------------------------------------------------------------------------------------------

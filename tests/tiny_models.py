@@ -11,6 +11,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from fastdrag.testing import SD15_SCHEDULER, byte_level_tokenizer, write_dragbench  # noqa: F401 - re-exported
 
+
 IMAGE_SIZE = 32  # pixels; the latent is 16 x 16
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nbformat
 
+
 OUTPUT = Path(__file__).resolve().parent.parent / "examples" / "fastdrag_colab.ipynb"
 
 CELLS = [

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY = "pipeline_fastdrag"
 OUTPUT = ROOT / "community" / "fastdrag.py"

@@ -23,6 +23,7 @@ from fastdrag.cli import main as fastdrag
 from fastdrag.frontend import draw_arrows
 from fastdrag.shapes import EXAMPLE_CASE, render, to_uint8
 
+
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = ROOT / "examples" / "drag_me.png"
 MASK = ROOT / "examples" / "drag_me_mask.png"
