@@ -178,7 +178,7 @@ def test_a_bad_size_setting_is_a_usage_error_before_any_work(tmp_path, capsys, m
     write_dragbench(tmp_path / "data", GOOD)
     monkeypatch.setenv(META_MAX_MIB_ENV, "0")
     assert main(["dragbench", "run", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
-                 "--device", "cpu", "--model", str(tmp_path / "no-model"), "--no-progress"]) == 2
+                 "--device", "cpu", "--model", str(tmp_path), "--no-progress"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and f"{META_MAX_MIB_ENV} must be a number of MiB in (0, 1024], got '0'" in error
     assert not (tmp_path / "out").exists()
@@ -366,7 +366,7 @@ def test_a_stamp_of_the_wrong_type_or_encoding_is_one_refusal_naming_it(tmp_path
         run_dragbench(tmp_path / "data", tmp_path / "out", Loader(), progress=False)
     assert str(stamp) in str(refused.value)
     assert main(["dragbench", "run", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
-                 "--device", "cpu", "--model", str(tmp_path / "no-model"), "--no-progress"]) == 2
+                 "--device", "cpu", "--model", str(tmp_path), "--no-progress"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and str(stamp) in error
     assert stamp.read_bytes() == content  # refused, not overwritten
@@ -422,7 +422,7 @@ def test_a_lock_that_is_a_symbolic_link_is_refused_not_followed(tmp_path, capsys
         with FolderLock(tmp_path / "out"):
             pass
     assert main(["dragbench", "run", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
-                 "--device", "cpu", "--model", str(tmp_path / "no-model"), "--no-progress"]) == 2
+                 "--device", "cpu", "--model", str(tmp_path), "--no-progress"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and ".lock" in error and "symbolic link" in error
     assert target.read_text() == "keep me"
