@@ -115,6 +115,8 @@ def never_load(*args, **kwargs):
         (["app", "--port", "70000"], "--port must be an integer from 1 to 65535, got 70000"),
         (["app", "--max-side", "4"], "--max-side must be"),
         (["app", "--cache", "-1"], "--cache must be"),
+        (["app", "--max-pixels", "0"], "--max-pixels must be at least 1"),
+        (["edit", "{in}", "--drag", "1,1:2,2", "--max-drags", "0"], "--max-drags must be at least 1"),
     ],
 )
 def test_number_options_are_checked_before_any_model_loads(files, capsys, monkeypatch, argv, message):
@@ -226,3 +228,15 @@ def test_what_would_fail_later_is_one_line_before_any_model_loads(files, capsys,
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("fastdrag: error: ") and message.format(tmp=files) in err
+
+
+def test_a_bad_pixel_limit_in_the_environment_stops_dragbench_run_at_once(files, capsys, monkeypatch):
+    from fastdrag import cli
+
+    monkeypatch.setattr(cli, "load_pipeline", never_load)
+    monkeypatch.setenv("FASTDRAG_MAX_PIXELS", "lots")
+    write_dragbench(files / "data", {"cat/one": [[8, 8], [12, 8]]})
+    assert main(["dragbench", "run", "--data", str(files / "data"), "--out", str(files / "out"),
+                 "--model", str(files)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "FASTDRAG_MAX_PIXELS must be a whole number of pixels >= 1, got 'lots'" in err
