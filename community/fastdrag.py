@@ -475,7 +475,7 @@ MAX_IMAGE_PIXELS = 2048 * 2048  # 4 megapixels: at 2048x2048 SD's self-attention
 # The editor scales every image down to its --max-side (512) before anything runs, so it takes
 # larger files: a 48-megapixel phone photo (144 MB as RGB), not a 12000x12000 bomb.
 MAX_UPLOAD_PIXELS = 50_000_000
-MAX_DRAGS = 256  # DragBench samples have at most about 10; each drag costs a pass over the latent
+MAX_DRAGS = 256  # DragBench samples have a few; each drag costs a pass over the latent
 # CLIP reads the first 77 tokens; no prompt needs more characters than this, and tokenizing a 4 MB
 # one cost 15 s per call. Refused, not cut, so that nobody wonders where their text went.
 MAX_PROMPT_CHARS = 10_000
