@@ -16,6 +16,7 @@ browser; :func:`build_app` wires them to Gradio components.
 
 
 import hashlib
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -27,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .frontend import draw_arrows, first_line, format_phases, preview_drag
-from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, to_rgb
+from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, MAX_UPLOAD_PIXELS, check_pixel_count, to_rgb
 from .warpage import DEFAULT_FILL, DEFAULT_MODE, EDIT_MODES, FILL_MODES
 
 
@@ -157,14 +158,22 @@ def editor_background(value: Any) -> np.ndarray | None:
     return np.asarray(background)
 
 
-def load_editor_value(session: Session, value: Any, max_side: int, factor: int) -> Session:
-    """A new editor value (upload or brush stroke): the image resized, the mask read from the brush.
+def load_editor_value(session: Session, value: Any, max_side: int, factor: int,
+                      max_pixels: int = MAX_UPLOAD_PIXELS) -> Session:
+    """A new editor value (upload, brush stroke, or an edit used as input): the image resized, the
+    mask read from the brush. Every image enters the editor here, so every one is fitted alike.
 
-    A different image drops the points; painting keeps them.
+    A different image drops the points; painting keeps them. An image of more than ``max_pixels``
+    pixels is an :class:`AppError` (it would cost its size again at each stroke).
     """
     background = editor_background(value)
     if background is None:
         return session
+    try:
+        check_pixel_count(background.shape[:2], max_pixels, "the image",
+                          f"start the editor with a larger --max-pixels (now {max_pixels})")
+    except ValueError as error:
+        raise AppError(str(error)) from error
     original = to_rgb(Image.fromarray(np.asarray(background, dtype=np.uint8)))
     size = fit_size(*original.size, max_side, factor)
     image = np.asarray(original.resize(size, Image.LANCZOS) if size != original.size else original)
@@ -174,6 +183,13 @@ def load_editor_value(session: Session, value: Any, max_side: int, factor: int) 
         return Session(image=image, mask=mask, mode=session.mode)
     session.mask = mask
     return session
+
+
+def use_as_input(result: Any, mode: str, max_side: int, factor: int, max_pixels: int = MAX_UPLOAD_PIXELS) -> Session:
+    """A new session on an edited image ("Use as input"), fitted as an upload is: before, this
+    path skipped ``max_side``, and one request could load any size into a session."""
+    image = np.asarray(result, dtype=np.uint8)[..., :3]
+    return load_editor_value(Session(mode=mode), {"background": image, "layers": []}, max_side, factor, max_pixels)
 
 
 def add_point(session: Session, x: int, y: int) -> Session:
@@ -334,7 +350,10 @@ CSS = """
 """
 
 
-def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE):
+def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = MAX_UPLOAD_PIXELS):
+    # A local editor sends nothing anywhere: Gradio's usage analytics are off, by the variable
+    # (read when gradio is imported, and by its launch) and on the Blocks.
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     import gradio as gr
 
     def views(session: Session):
@@ -345,7 +364,10 @@ def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE):
             # An empty value comes with `change` as an upload starts; writing the state back then
             # could overwrite the upload's own update if it finished first.
             return (gr.skip(),) * 4
-        return views(load_editor_value(session, value, max_side, holder.factor))
+        try:
+            return views(load_editor_value(session, value, max_side, holder.factor, max_pixels))
+        except AppError as error:
+            return gr.skip(), gr.skip(), gr.skip(), f"**Error:** {error}"
 
     def on_click(session: Session, event: gr.SelectData):
         if session.image is None:
@@ -369,11 +391,14 @@ def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE):
     def on_use_as_input(result, mode: str):
         if result is None:
             return gr.skip(), Session(mode=mode), None, None, "Run an edit first."
-        session = Session(image=np.asarray(result, dtype=np.uint8)[..., :3], mode=mode)
+        try:
+            session = use_as_input(result, mode, max_side, holder.factor, max_pixels)
+        except AppError as error:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {error}"
         value = {"background": session.image, "layers": [], "composite": session.image}
         return value, *views(session)
 
-    with gr.Blocks(title="FastDrag") as demo:
+    with gr.Blocks(title="FastDrag", analytics_enabled=False) as demo:
         session = gr.State(Session())
         gr.Markdown("# FastDrag\nOne-step drag editing. **1.** Upload an image and paint the region that may "
                     "move (or leave it unpainted: the whole image). **2.** Click a handle, then its target. "

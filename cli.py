@@ -14,7 +14,19 @@ from . import __version__
 from .app import DEFAULT_CACHE_MIB, DEFAULT_MAX_SIDE, MIN_MAX_SIDE, PipelineHolder, build_app, launch
 from .compat import from_pretrained_dtype
 from .frontend import draw_arrows, first_line, format_phases, preview_drag
-from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, check_drag_points, check_image, check_schedule, mask_to_tensor
+from .inputs import (
+    DEFAULT_STEPS,
+    DEFAULT_STRENGTH,
+    MAX_DRAGS,
+    MAX_IMAGE_PIXELS,
+    MAX_UPLOAD_PIXELS,
+    check_drag_points,
+    check_image,
+    check_schedule,
+    check_seed,
+    mask_to_tensor,
+)
+from .inputs import open_image as open_image_file
 from .shapes import SHAPEDRAG_COUNT, SHAPEDRAG_SEED
 from .warpage import DEFAULT_FILL, DEFAULT_MODE, EDIT_MODES, FILL_MODES, check_edit_mode
 
@@ -70,42 +82,83 @@ def parse_drag(text: str) -> tuple[tuple[float, float], tuple[float, float]]:
     return (hx, hy), (tx, ty)
 
 
-def open_image(path: str):
-    """The image file at ``path``, loaded as it is: the pipeline reads every mode by value."""
-    from PIL import Image, UnidentifiedImageError
+def open_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS):
+    """The image file at ``path``, loaded in its own mode (the pipeline reads every mode by value),
+    turned upright by its EXIF orientation; one with more than ``max_pixels`` pixels is refused
+    from its header, before it is decoded (``inputs.open_image``)."""
+    from PIL import UnidentifiedImageError
 
     if not Path(path).is_file():
         raise UsageError(f"no such file: {path}")
     try:
-        image = Image.open(path)
-        image.load()
-        return image
+        return open_image_file(path, max_pixels, f"raise the limit with --max-pixels (now {max_pixels})")
+    except ValueError as error:
+        raise UsageError(str(error)) from error
     except (UnidentifiedImageError, OSError) as error:
         raise UsageError(f"cannot read image {path}: {error}") from error
 
 
+def writes_rgb(format_name: str) -> bool:
+    """Whether PIL writes an RGB image in ``format_name``: tried on a 1x1 image in memory.
+
+    ``Image.registered_extensions()`` also lists formats PIL only reads (MPEG, PSD), and ``Image.SAVE``
+    stub formats whose writer is not installed (HDF5, GRIB) and formats of other modes only (MSP):
+    a trial write is the one test that covers all of them.
+    """
+    import io
+
+    from PIL import Image
+
+    if format_name not in Image.SAVE:
+        return False
+    try:
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=format_name)
+    except Exception:  # noqa: BLE001 - any failure means "cannot write an edit in this format"
+        return False
+    return True
+
+
 def check_output(path: str) -> None:
-    """``-o``: its folder exists and is writable, and its extension names an image format PIL writes."""
+    """``-o``: not a folder, its folder exists and is writable, and its extension names an image
+    format PIL writes."""
     from PIL import Image
 
     target = Path(path)
     folder = target.parent
+    if target.is_dir():
+        raise UsageError(f"-o {path} is a folder: give a file name, such as {target / 'edited.png'}")
     if not folder.is_dir():
         raise UsageError(f"-o {path}: no such folder {folder}")
     if not os.access(folder, os.W_OK):
         raise UsageError(f"-o {path}: cannot write in {folder}")
-    if target.suffix.lower() not in Image.registered_extensions():
+    Image.init()  # registers every plugin's extensions, not only the common ones
+    format_name = Image.registered_extensions().get(target.suffix.lower())
+    if format_name is None:
         raise UsageError(f"-o {path}: unknown image format {target.suffix or '(no extension)'!r}; use .png, .jpg, .webp, ...")
+    if not writes_rgb(format_name):
+        raise UsageError(f"-o {path}: PIL cannot write {target.suffix!r} ({format_name}) images; use .png, .jpg, .webp, ...")
+
+
+def check_seed_option(seed: int | None) -> None:
+    """``--seed``: torch's range, before any model loads."""
+    if seed is not None:
+        try:
+            check_seed(seed, "--seed")
+        except ValueError as error:
+            raise UsageError(str(error)) from error
 
 
 def read_inputs(args):
     """``(image, mask, handles, targets, size)`` from the command line, checked without a model."""
-    image = open_image(args.image)
-    mask = open_image(args.mask) if args.mask else None
+    at_least(args.max_pixels, 1, "--max-pixels")
+    at_least(args.max_drags, 1, "--max-drags")
+    image = open_image(args.image, args.max_pixels)
+    mask = open_image(args.mask, args.max_pixels) if args.mask else None
     handles, targets = [d[0] for d in args.drag], [d[1] for d in args.drag]
     try:
         size = check_image(image)
-        check_drag_points(handles, targets, size)
+        check_drag_points(handles, targets, size, args.max_drags,
+                          f"raise the limit with --max-drags (now {args.max_drags})")
         check_edit_mode(args.mode, len(handles), object_given=mask is not None)
         mask_to_tensor(mask, size)
     except (ValueError, TypeError) as error:
@@ -140,6 +193,13 @@ def pick_device_and_dtype(device: str, dtype: str):
         raise UsageError(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s)")
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    if resolved.type == "meta":
+        raise UsageError(f"--device {device}: the meta device holds no values, nothing can run on it; use --device cpu")
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        # xpu, hpu, ...: usable only when this torch has that backend and a device of it.
+        backend = getattr(torch, resolved.type, None)
+        if backend is None or not callable(getattr(backend, "is_available", None)) or not backend.is_available():
+            raise UsageError(f"--device {device}: this torch cannot use {resolved.type} devices here; use --device cpu")
     if dtype == "auto":
         dtype = "float16" if resolved.type == "cuda" else "float32"
     return resolved, getattr(torch, dtype)
@@ -185,10 +245,18 @@ def model_config(model: str, component: str, local_files_only: bool) -> dict:
 
 def check_schedule_options(args, model_offline: bool) -> None:
     """``--steps`` and ``--strength`` against the model's scheduler (SD's 1000 training steps when its
-    config cannot be read), before the model loads."""
-    scheduler = model_config(args.model, "scheduler", model_offline) if args.model else {}
+    config cannot be read), before the model loads: the same checks as the pipeline's, on schedulers
+    built from the config alone."""
+    config = model_config(args.model, "scheduler", model_offline) if args.model else {}
     try:
-        check_schedule(args.steps, args.strength, scheduler.get("num_train_timesteps", DEFAULT_TRAIN_STEPS))
+        steps = check_schedule(args.steps, args.strength, config.get("num_train_timesteps", DEFAULT_TRAIN_STEPS))
+        if config:
+            from diffusers import DDIMScheduler
+
+            from .pipeline_fastdrag import ddim_scheduler_from, inverse_scheduler_from, schedule_timesteps
+
+            scheduler = ddim_scheduler_from(DDIMScheduler.from_config(config))
+            schedule_timesteps(scheduler, inverse_scheduler_from(scheduler), args.steps, steps)
     except ValueError as error:
         raise UsageError(str(error)) from error
 
@@ -199,6 +267,7 @@ def check_server_options(args) -> None:
         raise UsageError(f"--port must be an integer from 1 to 65535, got {args.port}")
     at_least(args.max_side, MIN_MAX_SIDE, "--max-side")
     at_least(args.cache, 0, "--cache")
+    at_least(args.max_pixels, 1, "--max-pixels")
 
 
 def hub_unreachable() -> str | None:
@@ -298,6 +367,7 @@ def run_edit(args) -> None:
     check_output(args.output)
     image, mask, handles, targets, (height, width) = read_inputs(args)
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
+    check_seed_option(args.seed)
     offline = check_model_sources(args)
     check_schedule_options(args, offline)
     blocks = model_config(args.model, "vae", offline).get("block_out_channels")
@@ -322,6 +392,8 @@ def run_edit(args) -> None:
                 mode=args.mode,
                 preserve_consistency=not args.no_consistency,
                 generator=generator,
+                max_image_pixels=args.max_pixels,
+                max_drags=args.max_drags,
             )
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from error
@@ -346,15 +418,17 @@ def dragbench_options(args):
 
 
 def run_dragbench_run(args) -> int:
-    from .dragbench import DiskFull, RunRefused, find_samples, meta_limits, run_dragbench
+    from .dragbench import DiskFull, RunRefused, find_samples, max_image_pixels, meta_limits, run_dragbench
 
     try:
         meta_limits()  # a bad FASTDRAG_MAX_META_MIB
+        max_image_pixels()  # a bad FASTDRAG_MAX_PIXELS
         if not find_samples(args.data):
             raise UsageError(f"no DragBench samples (<category>/<sample>/meta_data.pkl) under {args.data}")
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from error
     _, dtype = pick_device_and_dtype(args.device, args.dtype)  # a bad --device is reported before any work
+    check_seed_option(args.seed)
     offline = check_model_sources(args)
     check_schedule_options(args, offline)
 
@@ -452,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--mask", help="mask image, white (nonzero) = may move; default: whole image")
         mode_option(sub)
         sub.add_argument("-o", "--output", required=True, help="output image")
+        max_pixels_option(sub)
+        sub.add_argument("--max-drags", type=int, default=MAX_DRAGS, metavar="N",
+                         help=f"refuse more drags than this (default {MAX_DRAGS})")
 
     preview = commands.add_parser("preview", help="warp the pixels directly: no model, instant",
                                   epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -507,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"uploaded images are scaled down to this (default {DEFAULT_MAX_SIDE})")
     app.add_argument("--cache", type=int, default=DEFAULT_CACHE_MIB, metavar="MIB",
                      help=f"memory for cached inversions, shared by all tabs (default {DEFAULT_CACHE_MIB} MiB)")
+    max_pixels_option(app, MAX_UPLOAD_PIXELS, "uploads are scaled down to --max-side anyway")
     return parser
 
 
@@ -518,8 +596,14 @@ def run_app(args) -> None:
     def load():
         return load_on_device(args, args.device, offline)
 
+    from PIL import Image
+
+    # Gradio decodes uploads with PIL before any handler sees them: its bomb check (an error above
+    # twice this) is set from the same limit, in this server process only.
+    Image.MAX_IMAGE_PIXELS = args.max_pixels
     try:
-        demo = build_app(PipelineHolder(load, cache_mib=args.cache), max_side=args.max_side)
+        demo = build_app(PipelineHolder(load, cache_mib=args.cache), max_side=args.max_side,
+                         max_pixels=args.max_pixels)
     except ImportError as error:
         raise UsageError(f"the app needs Gradio: pip install 'diffusers-fastdrag[app]' ({error})") from error
     print(f"FastDrag editor on http://{args.host}:{args.port} (the model loads on the first Run)")
@@ -527,6 +611,11 @@ def run_app(args) -> None:
 
 
 DTYPES = ["auto", "float16", "bfloat16", "float32"]
+
+
+def max_pixels_option(sub: argparse.ArgumentParser, default: int = MAX_IMAGE_PIXELS, why: str = "2048x2048") -> None:
+    sub.add_argument("--max-pixels", type=int, default=default, metavar="N",
+                     help=f"refuse images of more pixels than this, before decoding them (default {default}, {why})")
 
 
 def model_options(sub: argparse.ArgumentParser) -> None:

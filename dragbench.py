@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH
+from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, MAX_IMAGE_PIXELS, open_image
 from .warpage import DEFAULT_FILL, DEFAULT_MODE
 
 
@@ -128,6 +128,20 @@ META_MAX_MIB_CEILING = 1024  # what the variable may ask for at most
 META_MAX_DEPTH = 32  # containers inside containers (real data: 3)
 META_MAX_VALUES = 20_000  # values built, a shared reference counted each time it is used
 META_MAX_OPCODES = 50_000  # pickle instructions, which bounds the pre-scan's own time and memory
+
+# The images' size limit (inputs.MAX_IMAGE_PIXELS), raised by this variable: an environment
+# variable, as for the pickle's, so that every process of `accelerate launch` inherits it.
+MAX_PIXELS_ENV = "FASTDRAG_MAX_PIXELS"
+
+
+def max_image_pixels() -> int:
+    """The image pixel limit of a run: :data:`~fastdrag.inputs.MAX_IMAGE_PIXELS`, or ``FASTDRAG_MAX_PIXELS``."""
+    setting = os.environ.get(MAX_PIXELS_ENV)
+    if setting is None:
+        return MAX_IMAGE_PIXELS
+    if not setting.strip().isdigit() or int(setting) < 1:
+        raise ValueError(f"{MAX_PIXELS_ENV} must be a whole number of pixels >= 1, got {setting!r}")
+    return int(setting)
 
 # The numpy dtypes a DragBench array or number may have, as pickles spell them (kind and item size).
 _META_DTYPES = {"b1": 1, "i1": 1, "u1": 1, "i2": 2, "u2": 2, "i4": 4, "u4": 4, "i8": 8, "u8": 8,
@@ -544,17 +558,18 @@ def sample_fingerprint(sample: Sample) -> str | None:
 
 def load_sample(sample: Sample) -> SampleData:
     """Read a sample (after :func:`check_sample`). The image is returned as stored (the pipeline
-    reads any mode by value)."""
-    from PIL import Image
-
+    reads any mode by value); one over the pixel limit (``FASTDRAG_MAX_PIXELS``) is refused."""
     check_sample(sample)
     meta = load_meta(sample.folder / META_FILE)
     handles, targets = split_points(meta["points"])
     prompt = meta.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise ValueError(f"`prompt` in meta_data.pkl must be a string, got {type(prompt).__name__}")
-    image = Image.open(sample.folder / "original_image.png")
-    image.load()
+    # Refused from the header, before decoding, above the limit. Not turned by its EXIF orientation:
+    # the mask and points in meta_data.pkl are in the stored pixel grid.
+    limit = max_image_pixels()
+    image = open_image(sample.folder / "original_image.png", limit,
+                       f"raise the limit with {MAX_PIXELS_ENV}=N in the environment (now {limit})", upright=False)
     mask = np.asarray(meta["mask"]) != 0
     return SampleData(image=image, prompt=prompt or "", handles=handles, targets=targets, mask=mask)
 
@@ -779,6 +794,7 @@ def edit_sample(pipe, data: SampleData, options: EditOptions) -> tuple[Any, dict
             mode=options.mode,
             preserve_consistency=options.preserve_consistency,
             generator=generator,
+            max_image_pixels=max_image_pixels(),
         ).images[0]
     return image, dict(times)
 
@@ -856,6 +872,7 @@ def run_dragbench(
     options = options or EditOptions()
     out = Path(out)
     meta_limits()  # a bad FASTDRAG_MAX_META_MIB is reported now, not by every sample
+    max_image_pixels()  # and a bad FASTDRAG_MAX_PIXELS
     samples = find_samples(data)
     stamp = {**(config or {}), **dataclasses.asdict(options), "version": __version__,
              "data": str(Path(data).resolve())}

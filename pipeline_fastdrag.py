@@ -44,8 +44,13 @@ from .cuda_graphs import DEFAULT_MAX_GRAPHS, GraphCache
 from .inputs import (
     DEFAULT_STEPS,
     DEFAULT_STRENGTH,
+    MAX_DRAGS,
+    MAX_IMAGE_PIXELS,
     check_drag_points,
+    check_holds_data,
     check_image,
+    check_limit,
+    check_pixel_count,
     check_real,
     check_schedule,
     check_text,
@@ -207,6 +212,48 @@ def ddim_scheduler_from(scheduler: SchedulerMixin) -> DDIMScheduler:
 def inverse_scheduler_from(scheduler: DDIMScheduler) -> DDIMInverseScheduler:
     """The DDIM inverse scheduler mirroring ``scheduler``, with ``steps_offset`` carried over."""
     return DDIMInverseScheduler.from_config(_explicit_config(scheduler.config, DDIMInverseScheduler))
+
+
+def _timesteps(
+    scheduler: DDIMScheduler, inverse_scheduler: DDIMInverseScheduler, num_inference_steps: int, steps: int
+) -> tuple[list[int], list[int]]:
+    scheduler.set_timesteps(num_inference_steps)
+    inverse_scheduler.set_timesteps(num_inference_steps)
+    return [int(t) for t in inverse_scheduler.timesteps[:steps]], [int(t) for t in scheduler.timesteps[-steps:]]
+
+
+def schedule_timesteps(
+    scheduler: DDIMScheduler, inverse_scheduler: DDIMInverseScheduler, num_inference_steps: int, steps: int
+) -> tuple[list[int], list[int]]:
+    """Inversion timesteps (ascending) and sampling timesteps (descending) of ``steps`` of a
+    ``num_inference_steps`` schedule, as host ints.
+
+    Raises ``ValueError`` unless sampling visits exactly the inversion's timesteps in reverse, and
+    unless every timestep is one the scheduler has: with ``steps_offset`` (1 in Stable Diffusion)
+    the "leading" schedule of 1000 steps reaches timestep 1000, past ``alphas_cumprod``, which
+    would otherwise fail with an IndexError after every UNet call of the inversion.
+    """
+    inversion, sampling = _timesteps(scheduler, inverse_scheduler, num_inference_steps, steps)
+    if sampling != inversion[::-1]:
+        raise ValueError(
+            f"`scheduler` samples at {sampling} but `inverse_scheduler` inverts at {inversion}: their configs "
+            "disagree (steps_offset, timestep_spacing?). Rebuild one from the other's config."
+        )
+    last = scheduler.config.num_train_timesteps - 1
+    if inversion and not 0 <= min(inversion) <= max(inversion) <= last:
+        strength = steps / num_inference_steps
+        # The largest schedule at this strength that stays in range; the schedule is cheap to build.
+        allowed = next(
+            (n for n in range(num_inference_steps - 1, 0, -1)
+             if max(_timesteps(scheduler, inverse_scheduler, n, max(1, round(strength * n)))[0], default=0) <= last),
+            0,
+        )
+        raise ValueError(
+            f"`num_inference_steps`={num_inference_steps} with `inversion_strength` {strength:g} inverts up to timestep "
+            f"{max(inversion)}, past the scheduler's last ({last}, steps_offset={scheduler.config.steps_offset}): "
+            f"`num_inference_steps` may be at most {allowed} with `inversion_strength` {strength:g}; lower either"
+        )
+    return inversion, sampling
 
 
 class StableDiffusionFastDragPipeline(
@@ -375,9 +422,11 @@ class StableDiffusionFastDragPipeline(
     # Inputs
     # ----------------------------------------------------------------------------------------
 
-    def check_image(self, image) -> tuple[int, int]:
-        """Check ``image`` (see ``inputs.check_image``) and that its sides are multiples of
-        ``vae_scale_factor``; return its ``(height, width)``."""
+    def check_image(self, image, max_image_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+        """Check ``image`` (see ``inputs.check_image``), that it has at most ``max_image_pixels``
+        pixels (checked from its size, before any value is read) and that its sides are multiples
+        of ``vae_scale_factor``; return its ``(height, width)``."""
+        check_pixel_count(image_size(image), check_limit(max_image_pixels, "max_image_pixels"), "`image`")
         height, width = check_image(image)
         factor = self.vae_scale_factor
         if height % factor or width % factor:
@@ -407,6 +456,8 @@ class StableDiffusionFastDragPipeline(
         generator,
         output_type,
         callback_on_step_end_tensor_inputs,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        max_drags: int = MAX_DRAGS,
     ) -> None:
         """Raise ``ValueError`` or ``TypeError`` on anything a caller can get wrong, before any model runs."""
         if image is None and inversion is None:
@@ -414,16 +465,17 @@ class StableDiffusionFastDragPipeline(
         self.check_prompt(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, inversion is not None)
         if inversion is not None:
             self.check_inversion(
-                inversion, image, prompt, prompt_embeds, num_inference_steps, inversion_strength, preserve_consistency
+                inversion, image, prompt, prompt_embeds, num_inference_steps, inversion_strength, preserve_consistency,
+                max_image_pixels,
             )
             size = inversion.image_size
         else:
-            size = self.check_image(image)
+            size = self.check_image(image, max_image_pixels)
         self.check_schedule(
             DEFAULT_STEPS if num_inference_steps is None else num_inference_steps,
             DEFAULT_STRENGTH if inversion_strength is None else inversion_strength,
         )
-        handles, _ = check_drag_points(handle_points, target_points, size)
+        handles, _ = check_drag_points(handle_points, target_points, size, check_limit(max_drags, "max_drags"))
         mask_to_tensor(mask, size)
         check_real(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE_SCALE)
         if fill not in FILL_MODES:
@@ -458,6 +510,8 @@ class StableDiffusionFastDragPipeline(
                     f"`{name}_embeds` must be a (1, tokens, dim) tensor (one image), got "
                     f"{tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__}"
                 )
+            if embeds is not None:
+                check_holds_data(embeds, f"{name}_embeds")
         if prompt_embeds is not None and negative_prompt_embeds is not None and (
             prompt_embeds.shape != negative_prompt_embeds.shape
         ):
@@ -479,13 +533,14 @@ class StableDiffusionFastDragPipeline(
         return steps
 
     def check_inversion(
-        self, inversion, image, prompt, prompt_embeds, num_inference_steps, inversion_strength, preserve_consistency
+        self, inversion, image, prompt, prompt_embeds, num_inference_steps, inversion_strength, preserve_consistency,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ):
         """``inversion`` must come from :meth:`invert` of this pipeline's models and agree with the call."""
         if not isinstance(inversion, FastDragInversion):
             raise TypeError(f"`inversion` must come from `pipe.invert(...)`, got {type(inversion).__name__}")
         if image is not None:
-            size = self.check_image(image)
+            size = self.check_image(image, max_image_pixels)
             if size != tuple(inversion.image_size):
                 raise ValueError(f"`image` is {size}, but `inversion` was made from a {inversion.image_size} image")
             if image_fingerprint(image_to_tensor(image)) != inversion.image_fingerprint:
@@ -529,17 +584,7 @@ class StableDiffusionFastDragPipeline(
 
         Raises ``ValueError`` unless sampling visits exactly the inversion's timesteps in reverse.
         """
-        self.scheduler.set_timesteps(num_inference_steps)
-        inverse_scheduler = self.ddim_inverse_scheduler
-        inverse_scheduler.set_timesteps(num_inference_steps)
-        inversion = [int(t) for t in inverse_scheduler.timesteps[:steps]]
-        sampling = [int(t) for t in self.scheduler.timesteps[-steps:]]
-        if sampling != inversion[::-1]:
-            raise ValueError(
-                f"`scheduler` samples at {sampling} but `inverse_scheduler` inverts at {inversion}: their configs "
-                "disagree (steps_offset, timestep_spacing?). Rebuild one from the other's config."
-            )
-        return inversion, sampling
+        return schedule_timesteps(self.scheduler, self.ddim_inverse_scheduler, num_inference_steps, steps)
 
     def latent_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """``(height, width)`` of the latent of an image of ``size = (height, width)`` pixels."""
@@ -931,15 +976,17 @@ class StableDiffusionFastDragPipeline(
         inversion_strength: float = DEFAULT_STRENGTH,
         preserve_consistency: bool = True,
         prompt_embeds: torch.Tensor | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ) -> FastDragInversion:
         """Encode and DDIM-invert ``image`` once, recording the self-attention keys/values.
 
         Pass the result as ``inversion=`` to the pipeline call to drag the same image again and
         again: each drag then costs only the warp and the sampling half. It belongs to this
         pipeline's weights and dtype: a call that would mix it with others raises. ``prompt``
-        (default "") or ``prompt_embeds`` conditions it, as in the call.
+        (default "") or ``prompt_embeds`` conditions it, as in the call. ``max_image_pixels`` is
+        the call's size limit.
         """
-        size = self.check_image(image)
+        size = self.check_image(image, max_image_pixels)
         self.check_prompt(prompt, None, prompt_embeds, None)
         steps = self.check_schedule(num_inference_steps, inversion_strength)
         prompt = None if prompt_embeds is not None else prompt or ""
@@ -1002,6 +1049,8 @@ class StableDiffusionFastDragPipeline(
         | MultiPipelineCallbacks
         | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        max_drags: int = MAX_DRAGS,
     ):
         r"""
         Drag the content of ``image`` from each handle point to its target point.
@@ -1048,6 +1097,11 @@ class StableDiffusionFastDragPipeline(
             callback_on_step_end (`Callable`, *optional*): called after each sampling step as
                 ``callback_on_step_end(pipe, i, t, callback_kwargs)``; may return new ``latents``.
             callback_on_step_end_tensor_inputs (`list[str]`): tensors passed to the callback.
+            max_image_pixels (`int`, defaults to 4,194,304 = 2048x2048): a larger image is refused
+                before anything of its size is allocated; raise it for larger images your device
+                can hold. Diffusers pipelines cap nothing; this one refuses at once what would
+                otherwise fail in an allocation (or be stopped by the OOM killer) much later.
+            max_drags (`int`, defaults to 256): more drags are refused, counted before conversion.
 
         Examples:
 
@@ -1062,7 +1116,7 @@ class StableDiffusionFastDragPipeline(
         self.check_inputs(
             image, handle_points, target_points, mask, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
             num_inference_steps, inversion_strength, guidance_scale, fill, mode, preserve_consistency, inversion,
-            generator, output_type, callback_on_step_end_tensor_inputs,
+            generator, output_type, callback_on_step_end_tensor_inputs, max_image_pixels, max_drags,
         )
 
         # 2. Define call parameters: a cached inversion brings its image size, prompt and schedule.

@@ -5,6 +5,7 @@ file.
 """
 
 import contextlib
+import contextvars
 import time
 from collections.abc import Iterator
 
@@ -12,6 +13,11 @@ import torch
 
 
 PHASES = ("text", "encode", "inversion", "warp", "sampling", "decode")
+
+# The open ``collect`` blocks of the current thread (or asyncio task), by clock: a context variable,
+# not an attribute of the clock, so that calls made at once from several threads (Gradio with
+# concurrency above 1) each land in their own block, never in another thread's.
+_OPEN: contextvars.ContextVar[dict[int, dict[str, float]]] = contextvars.ContextVar("fastdrag_phase_times", default={})
 
 
 def synchronize(device: torch.device) -> None:
@@ -27,24 +33,31 @@ class PhaseClock:
 
     The device is synchronised at each phase boundary (never inside a phase), and only while
     collecting: timing takes away the overlap of host and device work between phases.
+
+    A block counts the calls made inside it by the same thread (or asyncio task) only: blocks
+    opened at once by several threads on one clock each get their own times.
     """
 
-    def __init__(self) -> None:
-        self._times: dict[str, float] | None = None
+    @property
+    def _times(self) -> dict[str, float] | None:
+        return _OPEN.get().get(id(self))
 
     @property
     def collecting(self) -> bool:
+        """Whether a :meth:`collect` block of this clock is open in the current thread."""
         return self._times is not None
 
     @contextlib.contextmanager
     def collect(self) -> Iterator[dict[str, float]]:
-        """Yield a dict that fills with ``phase -> seconds``, summed over the calls made inside."""
+        """Yield a dict that fills with ``phase -> seconds``, summed over the calls made inside by
+        this thread."""
         times: dict[str, float] = {}
-        self._times = times
+        # A new mapping, never changed in place: other contexts may hold the previous one.
+        token = _OPEN.set({**_OPEN.get(), id(self): times})
         try:
             yield times
         finally:
-            self._times = None
+            _OPEN.reset(token)
 
     @contextlib.contextmanager
     def phase(self, name: str, device: torch.device) -> Iterator[None]:

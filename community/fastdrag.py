@@ -39,11 +39,13 @@ Do not edit: change those modules and run the script again.
 """
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import inspect
 import math
 import numbers
+import re
 import threading
 import time
 import warnings
@@ -487,6 +489,19 @@ class GraphCache:
 DEFAULT_STEPS = 10
 DEFAULT_STRENGTH = 0.7
 
+# Size limits (docs/hostile-inputs.md). Diffusers pipelines cap nothing, but an image or a drag list
+# too large to run is better refused at once, naming the limit, than left to fail in an allocation
+# (or to the kernel's OOM killer) after minutes. Each limit can be raised where it is applied: the
+# pipeline's keyword arguments, `--max-pixels` / `--max-drags`, FASTDRAG_MAX_PIXELS for DragBench.
+MAX_IMAGE_PIXELS = 2048 * 2048  # 4 megapixels: at 2048x2048 SD's self-attention spans 65,536 latent tokens
+# The editor scales every image down to its --max-side (512) before anything runs, so it takes
+# larger files: a 48-megapixel phone photo (144 MB as RGB), not a 12000x12000 bomb.
+MAX_UPLOAD_PIXELS = 50_000_000
+MAX_DRAGS = 256  # DragBench samples have a few; each drag costs a pass over the latent
+# CLIP reads the first 77 tokens; no prompt needs more characters than this, and tokenizing a 4 MB
+# one cost 15 s per call. Refused, not cut, so that nobody wonders where their text went.
+MAX_PROMPT_CHARS = 10_000
+
 ImagePointsLike = torch.Tensor | np.ndarray | Sequence[Sequence[float]]
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -515,11 +530,12 @@ def check_schedule(num_inference_steps, inversion_strength, max_steps: int) -> i
     if not is_integer(num_inference_steps) or not 1 <= num_inference_steps <= max_steps:
         raise ValueError(
             f"`num_inference_steps` must be an integer >= 1 and <= {max_steps} (the scheduler's training steps), "
-            f"got {num_inference_steps!r}"
+            f"got {_short(num_inference_steps)}"
         )
-    if not is_real(inversion_strength) or not 0 < inversion_strength <= 1:
-        raise ValueError(f"`inversion_strength` must be in (0, 1], got {inversion_strength!r}")
-    steps = round(float(inversion_strength) * int(num_inference_steps))
+    strength = as_finite_float(inversion_strength)
+    if strength is None or not 0 < strength <= 1:
+        raise ValueError(f"`inversion_strength` must be in (0, 1], got {_short(inversion_strength)}")
+    steps = round(strength * int(num_inference_steps))
     if steps < 1:
         raise ValueError(
             f"`inversion_strength` * `num_inference_steps` = {inversion_strength} * {num_inference_steps} "
@@ -528,17 +544,129 @@ def check_schedule(num_inference_steps, inversion_strength, max_steps: int) -> i
     return steps
 
 
+def as_finite_float(value) -> float | None:
+    """``float(value)`` for a real number that is finite as a float, else None.
+
+    A huge int or ``Fraction`` is a real number, but converting it raises ``OverflowError``, and so
+    does ``math.isfinite`` on it: the conversion is tried here, once, so no check lets it through.
+    """
+    if not is_real(value):
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def check_real(value, name: str, low: float, high: float) -> float:
     """``value`` as a float, if it is a real number with ``low <= value <= high``."""
-    if not is_real(value) or not math.isfinite(value) or not low <= value <= high:
-        raise ValueError(f"`{name}` must be a number with {low:g} <= {name} <= {high:g}, got {value!r}")
-    return float(value)
+    number = as_finite_float(value)
+    if number is None or not low <= number <= high:
+        raise ValueError(f"`{name}` must be a number with {low:g} <= {name} <= {high:g}, got {_short(value)}")
+    return number
+
+
+def _short(value, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a 400-digit number makes no useful message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def check_holds_data(tensor: torch.Tensor, name: str) -> None:
+    """A tensor on the ``meta`` device has a shape but no values: nothing can be read from it."""
+    if tensor.device.type == "meta":
+        raise ValueError(f"`{name}` is on the meta device, which holds no values; pass a tensor on the CPU or a GPU")
+
+
+SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes 0 <= seed < 2**64
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed ``torch.Generator.manual_seed`` takes: an integer with ``0 <= seed < 2**64``."""
+    if not is_integer(seed) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer from 0 to {SEED_LIMIT - 1}, got {_short(seed)}")
+    return int(seed)
 
 
 def check_text(value, name: str) -> None:
-    """``value`` must be a str or None (a single prompt: FastDrag edits one image)."""
+    """``value`` must be a str or None (a single prompt: FastDrag edits one image), of at most
+    :data:`MAX_PROMPT_CHARS` characters."""
     if value is not None and not isinstance(value, str):
         raise TypeError(f"`{name}` must be a str or None, got {type(value).__name__}")
+    if value is not None and len(value) > MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"`{name}` has {len(value):,} characters; at most {MAX_PROMPT_CHARS:,} are allowed "
+            "(CLIP reads only its first 77 tokens)"
+        )
+
+
+def check_limit(value, name: str) -> int:
+    """A size limit given by a caller: an integer >= 1."""
+    if not is_integer(value) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1, got {_short(value)}")
+    return int(value)
+
+
+def check_pixel_count(
+    size: tuple[int, int],
+    max_pixels: int,
+    name: str = "image",
+    how_to_raise: str = "pass `max_image_pixels=` to raise it",
+) -> None:
+    """Refuse an image of ``size = (height, width)`` with more than ``max_pixels`` pixels, before
+    anything of its size is allocated."""
+    height, width = size
+    if height * width > max_pixels:
+        side = math.isqrt(max_pixels)
+        raise ValueError(
+            f"{name} is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+            f"(about {side}x{side}): scale it down, or {how_to_raise}"
+        )
+
+
+def open_image(
+    path,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    how_to_raise: str = "pass a larger `max_pixels` to raise it",
+    upright: bool = True,
+) -> PIL.Image.Image:
+    """The image file at ``path``, decoded, turned upright by its EXIF orientation; ``ValueError``
+    naming the file when it has more than ``max_pixels`` pixels.
+
+    The size is read from the header before anything is decoded, so a small file that would decode
+    to gigabytes (a decompression bomb) costs nothing. PIL's own bomb check (a warning above its
+    ``MAX_IMAGE_PIXELS``, an error above twice that) is replaced by this limit; the error is kept
+    as a one-line ``ValueError``. EXIF orientation is applied, as photo viewers and editors do, so
+    that points are given where the picture is seen (a phone photo is stored sideways); not with
+    ``upright=False``, for data whose points and masks were made on the stored pixel grid.
+    """
+    import warnings
+
+    import PIL.ImageOps
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)  # checked below, by our limit
+            image = PIL.Image.open(path)
+    except PIL.Image.DecompressionBombError as error:
+        # Above twice PIL's own limit (179 megapixels): the header's size is in PIL's message only.
+        declared = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(declared.group(1)):,} pixels" if declared else "more pixels than PIL decodes"
+        raise ValueError(
+            f"{path} declares {size}, over the limit of {max_pixels:,} and past PIL's own "
+            f"({2 * PIL.Image.MAX_IMAGE_PIXELS:,}): it is refused without decoding (a decompression bomb?)"
+        ) from None
+    try:
+        check_pixel_count((image.height, image.width), max_pixels, str(path), how_to_raise)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            image.load()
+            turned = PIL.ImageOps.exif_transpose(image) if upright else None
+    except BaseException:
+        image.close()  # the file stays open until the image is loaded or closed
+        raise
+    return image if turned is None else turned
 
 
 # --------------------------------------------------------------------------------------------
@@ -621,6 +749,7 @@ def check_image(image, name: str = "image") -> tuple[int, int]:
             raise TypeError(f"`{name}` array must be uint8, uint16 or float, got {image.dtype}")
         _check_unit_range(image, name)
     elif isinstance(image, torch.Tensor):
+        check_holds_data(image, name)
         if not image.is_floating_point():
             raise TypeError(f"`{name}` tensor must be floating point, in [0, 1], got {image.dtype}")
         _check_unit_range(image.detach(), name)
@@ -701,6 +830,7 @@ def _mask_values(mask) -> torch.Tensor:
         raise TypeError(
             f"`mask` must be a PIL image, a numpy array, a torch.Tensor or None, got {type(mask).__name__}"
         )
+    check_holds_data(mask, "mask")
     return mask.detach().cpu()
 
 
@@ -747,14 +877,53 @@ def mask_to_tensor(mask, size: tuple[int, int]) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+def _is_coordinate(value) -> bool:
+    """A real number, or a numeric array or tensor; not a bool, not a string."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):  # a row or a number as an array: its shape is checked later
+        return _numeric_dtype(value.dtype) and (not isinstance(value, torch.Tensor) or value.device.type != "meta")
+    return is_real(value)
+
+
+def _numeric_dtype(dtype) -> bool:
+    """An integer or floating dtype (numpy or torch), not bool: what a coordinate may be."""
+    if isinstance(dtype, torch.dtype):
+        return dtype != torch.bool and not dtype.is_complex
+    return np.dtype(dtype).kind in "iuf"
+
+
+def _check_coordinate_types(points, name: str) -> None:
+    """Refuse strings and bools as coordinates: numpy would convert ``"10"`` and ``True`` silently."""
+    if isinstance(points, (np.ndarray, torch.Tensor)):
+        if isinstance(points, torch.Tensor):
+            check_holds_data(points, name)
+        ok = points.dtype == object or _numeric_dtype(points.dtype)
+        leaves = points.ravel().tolist() if points.dtype == object else []
+    elif isinstance(points, (str, bytes)):
+        raise ValueError(f"`{name}` must be a sequence of (x, y) points, got {_short(points)}")
+    else:
+        try:
+            rows = list(points)
+            leaves = [
+                v for row in rows for v in (row if isinstance(row, Sequence) and not isinstance(row, str) else [row])
+            ]
+        except TypeError:
+            return  # not a sequence: the conversion below says so
+        ok = True
+    bad = next((v for v in leaves if not _is_coordinate(v) and not isinstance(v, (list, tuple))), None)
+    if not ok or bad is not None:
+        what = points.dtype if bad is None else f"{type(bad).__name__} {_short(bad, 20)}"
+        raise TypeError(f"`{name}` must hold numbers (int or float pixels), got {what}")
+
+
 def as_image_points(points: ImagePointsLike, name: str) -> torch.Tensor:
     """``points`` as a ``(K, 2)`` float32 tensor; raises ``ValueError`` naming ``name``."""
+    _check_coordinate_types(points, name)
     try:
         tensor = torch.as_tensor(
             points.detach() if isinstance(points, torch.Tensor) else np.asarray(points, np.float64)
         )
     except (TypeError, ValueError) as error:
-        raise ValueError(f"`{name}` must be a sequence of (x, y) points, got {points!r}") from error
+        raise ValueError(f"`{name}` must be a sequence of (x, y) points, got {_short(points)}") from error
     tensor = tensor.to(torch.float32).cpu()
     if tensor.numel() == 0:
         tensor = tensor.reshape(0, 2)
@@ -765,11 +934,33 @@ def as_image_points(points: ImagePointsLike, name: str) -> torch.Tensor:
     return tensor
 
 
-def check_drag_points(handle_points, target_points, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _point_count(points) -> int | None:
+    """How many points a points argument holds, from its length alone (None when it has none)."""
+    if isinstance(points, (np.ndarray, torch.Tensor)):
+        return int(points.shape[0]) if points.ndim == 2 else None
+    try:
+        count = len(points)
+    except TypeError:
+        return None
+    return 1 if count == 2 and is_real(points[0]) else count  # one (x, y) pair
+
+
+def check_drag_points(
+    handle_points,
+    target_points,
+    image_size: tuple[int, int],
+    max_drags: int = MAX_DRAGS,
+    how_to_raise: str = "pass `max_drags=` to raise it",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Check the drags of an image of ``image_size = (H, W)``; return them as two ``(K, 2)``
-    float32 tensors of image ``(x, y)``. Inside means ``0 <= x < W`` and ``0 <= y < H``."""
+    float32 tensors of image ``(x, y)``. Inside means ``0 <= x < W`` and ``0 <= y < H``. More than
+    ``max_drags`` drags are refused, counted before anything is converted."""
     if handle_points is None or target_points is None:
         raise ValueError("`handle_points` and `target_points` are required: give at least one drag")
+    for name, points in (("handle_points", handle_points), ("target_points", target_points)):
+        count = _point_count(points)
+        if count is not None and count > max_drags:
+            raise ValueError(f"`{name}` has {count:,} points, over the limit of {max_drags:,} drags; {how_to_raise}")
     handles, targets = as_image_points(handle_points, "handle_points"), as_image_points(target_points, "target_points")
     if handles.shape[0] == 0:
         raise ValueError("`handle_points` is empty: give at least one drag (K >= 1)")
@@ -821,6 +1012,11 @@ def image_to_latent_mask(mask: torch.Tensor, scale: int) -> torch.Tensor:
 
 PHASES = ("text", "encode", "inversion", "warp", "sampling", "decode")
 
+# The open ``collect`` blocks of the current thread (or asyncio task), by clock: a context variable,
+# not an attribute of the clock, so that calls made at once from several threads (Gradio with
+# concurrency above 1) each land in their own block, never in another thread's.
+_OPEN: contextvars.ContextVar[dict[int, dict[str, float]]] = contextvars.ContextVar("fastdrag_phase_times", default={})
+
 
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work, so that a host clock measures it."""
@@ -835,24 +1031,31 @@ class PhaseClock:
 
     The device is synchronised at each phase boundary (never inside a phase), and only while
     collecting: timing takes away the overlap of host and device work between phases.
+
+    A block counts the calls made inside it by the same thread (or asyncio task) only: blocks
+    opened at once by several threads on one clock each get their own times.
     """
 
-    def __init__(self) -> None:
-        self._times: dict[str, float] | None = None
+    @property
+    def _times(self) -> dict[str, float] | None:
+        return _OPEN.get().get(id(self))
 
     @property
     def collecting(self) -> bool:
+        """Whether a :meth:`collect` block of this clock is open in the current thread."""
         return self._times is not None
 
     @contextlib.contextmanager
     def collect(self) -> Iterator[dict[str, float]]:
-        """Yield a dict that fills with ``phase -> seconds``, summed over the calls made inside."""
+        """Yield a dict that fills with ``phase -> seconds``, summed over the calls made inside by
+        this thread."""
         times: dict[str, float] = {}
-        self._times = times
+        # A new mapping, never changed in place: other contexts may hold the previous one.
+        token = _OPEN.set({**_OPEN.get(), id(self): times})
         try:
             yield times
         finally:
-            self._times = None
+            _OPEN.reset(token)
 
     @contextlib.contextmanager
     def phase(self, name: str, device: torch.device) -> Iterator[None]:
@@ -1481,6 +1684,51 @@ def inverse_scheduler_from(scheduler: DDIMScheduler) -> DDIMInverseScheduler:
     return DDIMInverseScheduler.from_config(_explicit_config(scheduler.config, DDIMInverseScheduler))
 
 
+def _timesteps(
+    scheduler: DDIMScheduler, inverse_scheduler: DDIMInverseScheduler, num_inference_steps: int, steps: int
+) -> tuple[list[int], list[int]]:
+    scheduler.set_timesteps(num_inference_steps)
+    inverse_scheduler.set_timesteps(num_inference_steps)
+    return [int(t) for t in inverse_scheduler.timesteps[:steps]], [int(t) for t in scheduler.timesteps[-steps:]]
+
+
+def schedule_timesteps(
+    scheduler: DDIMScheduler, inverse_scheduler: DDIMInverseScheduler, num_inference_steps: int, steps: int
+) -> tuple[list[int], list[int]]:
+    """Inversion timesteps (ascending) and sampling timesteps (descending) of ``steps`` of a
+    ``num_inference_steps`` schedule, as host ints.
+
+    Raises ``ValueError`` unless sampling visits exactly the inversion's timesteps in reverse, and
+    unless every timestep is one the scheduler has: with ``steps_offset`` (1 in Stable Diffusion)
+    the "leading" schedule of 1000 steps reaches timestep 1000, past ``alphas_cumprod``, which
+    would otherwise fail with an IndexError after every UNet call of the inversion.
+    """
+    inversion, sampling = _timesteps(scheduler, inverse_scheduler, num_inference_steps, steps)
+    if sampling != inversion[::-1]:
+        raise ValueError(
+            f"`scheduler` samples at {sampling} but `inverse_scheduler` inverts at {inversion}: their configs "
+            "disagree (steps_offset, timestep_spacing?). Rebuild one from the other's config."
+        )
+    last = scheduler.config.num_train_timesteps - 1
+    if inversion and not 0 <= min(inversion) <= max(inversion) <= last:
+        strength = steps / num_inference_steps
+        # The largest schedule at this strength that stays in range; the schedule is cheap to build.
+        allowed = next(
+            (
+                n
+                for n in range(num_inference_steps - 1, 0, -1)
+                if max(_timesteps(scheduler, inverse_scheduler, n, max(1, round(strength * n)))[0], default=0) <= last
+            ),
+            0,
+        )
+        raise ValueError(
+            f"`num_inference_steps`={num_inference_steps} with `inversion_strength` {strength:g} inverts up to timestep "
+            f"{max(inversion)}, past the scheduler's last ({last}, steps_offset={scheduler.config.steps_offset}): "
+            f"`num_inference_steps` may be at most {allowed} with `inversion_strength` {strength:g}; lower either"
+        )
+    return inversion, sampling
+
+
 class StableDiffusionFastDragPipeline(
     DiffusionPipeline, StableDiffusionMixin, TextualInversionLoaderMixin, StableDiffusionLoraLoaderMixin
 ):
@@ -1647,9 +1895,11 @@ class StableDiffusionFastDragPipeline(
     # Inputs
     # ----------------------------------------------------------------------------------------
 
-    def check_image(self, image) -> tuple[int, int]:
-        """Check ``image`` (see ``inputs.check_image``) and that its sides are multiples of
-        ``vae_scale_factor``; return its ``(height, width)``."""
+    def check_image(self, image, max_image_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+        """Check ``image`` (see ``inputs.check_image``), that it has at most ``max_image_pixels``
+        pixels (checked from its size, before any value is read) and that its sides are multiples
+        of ``vae_scale_factor``; return its ``(height, width)``."""
+        check_pixel_count(image_size(image), check_limit(max_image_pixels, "max_image_pixels"), "`image`")
         height, width = check_image(image)
         factor = self.vae_scale_factor
         if height % factor or width % factor:
@@ -1679,6 +1929,8 @@ class StableDiffusionFastDragPipeline(
         generator,
         output_type,
         callback_on_step_end_tensor_inputs,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        max_drags: int = MAX_DRAGS,
     ) -> None:
         """Raise ``ValueError`` or ``TypeError`` on anything a caller can get wrong, before any model runs."""
         if image is None and inversion is None:
@@ -1686,16 +1938,23 @@ class StableDiffusionFastDragPipeline(
         self.check_prompt(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, inversion is not None)
         if inversion is not None:
             self.check_inversion(
-                inversion, image, prompt, prompt_embeds, num_inference_steps, inversion_strength, preserve_consistency
+                inversion,
+                image,
+                prompt,
+                prompt_embeds,
+                num_inference_steps,
+                inversion_strength,
+                preserve_consistency,
+                max_image_pixels,
             )
             size = inversion.image_size
         else:
-            size = self.check_image(image)
+            size = self.check_image(image, max_image_pixels)
         self.check_schedule(
             DEFAULT_STEPS if num_inference_steps is None else num_inference_steps,
             DEFAULT_STRENGTH if inversion_strength is None else inversion_strength,
         )
-        handles, _ = check_drag_points(handle_points, target_points, size)
+        handles, _ = check_drag_points(handle_points, target_points, size, check_limit(max_drags, "max_drags"))
         mask_to_tensor(mask, size)
         check_real(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE_SCALE)
         if fill not in FILL_MODES:
@@ -1735,6 +1994,8 @@ class StableDiffusionFastDragPipeline(
                     f"`{name}_embeds` must be a (1, tokens, dim) tensor (one image), got "
                     f"{tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__}"
                 )
+            if embeds is not None:
+                check_holds_data(embeds, f"{name}_embeds")
         if (
             prompt_embeds is not None
             and negative_prompt_embeds is not None
@@ -1758,13 +2019,21 @@ class StableDiffusionFastDragPipeline(
         return steps
 
     def check_inversion(
-        self, inversion, image, prompt, prompt_embeds, num_inference_steps, inversion_strength, preserve_consistency
+        self,
+        inversion,
+        image,
+        prompt,
+        prompt_embeds,
+        num_inference_steps,
+        inversion_strength,
+        preserve_consistency,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ):
         """``inversion`` must come from :meth:`invert` of this pipeline's models and agree with the call."""
         if not isinstance(inversion, FastDragInversion):
             raise TypeError(f"`inversion` must come from `pipe.invert(...)`, got {type(inversion).__name__}")
         if image is not None:
-            size = self.check_image(image)
+            size = self.check_image(image, max_image_pixels)
             if size != tuple(inversion.image_size):
                 raise ValueError(f"`image` is {size}, but `inversion` was made from a {inversion.image_size} image")
             if image_fingerprint(image_to_tensor(image)) != inversion.image_fingerprint:
@@ -1810,17 +2079,7 @@ class StableDiffusionFastDragPipeline(
 
         Raises ``ValueError`` unless sampling visits exactly the inversion's timesteps in reverse.
         """
-        self.scheduler.set_timesteps(num_inference_steps)
-        inverse_scheduler = self.ddim_inverse_scheduler
-        inverse_scheduler.set_timesteps(num_inference_steps)
-        inversion = [int(t) for t in inverse_scheduler.timesteps[:steps]]
-        sampling = [int(t) for t in self.scheduler.timesteps[-steps:]]
-        if sampling != inversion[::-1]:
-            raise ValueError(
-                f"`scheduler` samples at {sampling} but `inverse_scheduler` inverts at {inversion}: their configs "
-                "disagree (steps_offset, timestep_spacing?). Rebuild one from the other's config."
-            )
-        return inversion, sampling
+        return schedule_timesteps(self.scheduler, self.ddim_inverse_scheduler, num_inference_steps, steps)
 
     def latent_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """``(height, width)`` of the latent of an image of ``size = (height, width)`` pixels."""
@@ -2221,15 +2480,17 @@ class StableDiffusionFastDragPipeline(
         inversion_strength: float = DEFAULT_STRENGTH,
         preserve_consistency: bool = True,
         prompt_embeds: torch.Tensor | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ) -> FastDragInversion:
         """Encode and DDIM-invert ``image`` once, recording the self-attention keys/values.
 
         Pass the result as ``inversion=`` to the pipeline call to drag the same image again and
         again: each drag then costs only the warp and the sampling half. It belongs to this
         pipeline's weights and dtype: a call that would mix it with others raises. ``prompt``
-        (default "") or ``prompt_embeds`` conditions it, as in the call.
+        (default "") or ``prompt_embeds`` conditions it, as in the call. ``max_image_pixels`` is
+        the call's size limit.
         """
-        size = self.check_image(image)
+        size = self.check_image(image, max_image_pixels)
         self.check_prompt(prompt, None, prompt_embeds, None)
         steps = self.check_schedule(num_inference_steps, inversion_strength)
         prompt = None if prompt_embeds is not None else prompt or ""
@@ -2292,6 +2553,8 @@ class StableDiffusionFastDragPipeline(
         | MultiPipelineCallbacks
         | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        max_drags: int = MAX_DRAGS,
     ):
         r"""
         Drag the content of ``image`` from each handle point to its target point.
@@ -2338,6 +2601,11 @@ class StableDiffusionFastDragPipeline(
             callback_on_step_end (`Callable`, *optional*): called after each sampling step as
                 ``callback_on_step_end(pipe, i, t, callback_kwargs)``; may return new ``latents``.
             callback_on_step_end_tensor_inputs (`list[str]`): tensors passed to the callback.
+            max_image_pixels (`int`, defaults to 4,194,304 = 2048x2048): a larger image is refused
+                before anything of its size is allocated; raise it for larger images your device
+                can hold. Diffusers pipelines cap nothing; this one refuses at once what would
+                otherwise fail in an allocation (or be stopped by the OOM killer) much later.
+            max_drags (`int`, defaults to 256): more drags are refused, counted before conversion.
 
         Examples:
 
@@ -2368,6 +2636,8 @@ class StableDiffusionFastDragPipeline(
             generator,
             output_type,
             callback_on_step_end_tensor_inputs,
+            max_image_pixels,
+            max_drags,
         )
 
         # 2. Define call parameters: a cached inversion brings its image size, prompt and schedule.

@@ -19,6 +19,7 @@ from fastdrag.app import (
     preview_view,
     run_edit,
     undo_point,
+    use_as_input,
     view_zoom,
 )
 
@@ -146,3 +147,29 @@ def test_build_app_wires_the_page():
     demo = build_app(tiny_holder(), max_side=64)
     ids = {block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)}
     assert {"editor", "points", "preview", "run", "undo", "clear", "status", "original", "result", "use"} <= ids
+
+
+def test_use_as_input_fits_the_image_as_an_upload_is():
+    """Issue #23: "Use as input" skipped --max-side, so one request could load 4096x4096 into a session."""
+    big = np.zeros((4096, 4096, 3), np.uint8)
+    session = use_as_input(big, "drag", max_side=64, factor=8)
+    assert session.image.shape == (64, 64, 3) and session.points == [] and session.mode == "drag"
+
+
+def test_an_image_over_the_pixel_limit_is_an_app_error_naming_the_option():
+    value = {"background": np.zeros((40, 40, 3), np.uint8), "layers": []}
+    with pytest.raises(AppError, match=r"over the limit of 1,000 .*--max-pixels"):
+        load_editor_value(Session(), value, max_side=64, factor=8, max_pixels=1000)
+    with pytest.raises(AppError, match="--max-pixels"):
+        use_as_input(value["background"], "drag", max_side=64, factor=8, max_pixels=1000)
+
+
+def test_gradio_analytics_are_off(monkeypatch):
+    import os
+
+    from fastdrag.app import build_app
+
+    monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
+    demo = build_app(tiny_holder(), max_side=64)
+    assert demo.analytics_enabled is False
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"

@@ -115,6 +115,8 @@ def never_load(*args, **kwargs):
         (["app", "--port", "70000"], "--port must be an integer from 1 to 65535, got 70000"),
         (["app", "--max-side", "4"], "--max-side must be"),
         (["app", "--cache", "-1"], "--cache must be"),
+        (["app", "--max-pixels", "0"], "--max-pixels must be at least 1"),
+        (["edit", "{in}", "--drag", "1,1:2,2", "--max-drags", "0"], "--max-drags must be at least 1"),
     ],
 )
 def test_number_options_are_checked_before_any_model_loads(files, capsys, monkeypatch, argv, message):
@@ -193,3 +195,48 @@ def test_a_cached_hub_id_loads_from_the_cache_while_the_hub_is_unreachable(files
     done = subprocess.run([*command, "someone/not-cached"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "not in the local Hugging Face cache" in done.stderr
+
+
+# Issue #23: each of these ran (some after the model loaded) and ended in a traceback, exit 1.
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["edit", "{in}", "--drag", "1,1:2,2", "-o", "{tmp}/o.mpeg"], "-o {tmp}/o.mpeg: PIL cannot write '.mpeg'"),
+        (["edit", "{in}", "--drag", "1,1:2,2", "-o", "{tmp}/o.h5"], "PIL cannot write '.h5'"),
+        (["preview", "{in}", "--drag", "1,1:2,2", "-o", "{tmp}/o.psd"], "PIL cannot write '.psd'"),
+        (["edit", "{in}", "--drag", "1,1:2,2", "-o", "{tmp}/folder.png"], "is a folder"),
+        (["edit", "{in}", "--drag", "1,1:2,2", "--device", "meta", "-o", "{tmp}/o.png"], "--device meta"),
+        (["edit", "{in}", "--drag", "1,1:2,2", "--device", "xpu", "-o", "{tmp}/o.png"], "--device xpu"),
+        (["dragbench", "run", "--data", "{tmp}/data", "--out", "{tmp}/out", "--device", "meta"], "--device meta"),
+        (["edit", "{in}", "--drag", "1,1:2,2", "--seed", str(2**64), "-o", "{tmp}/o.png"],
+         f"--seed must be an integer from 0 to {2**64 - 1}"),
+        (["edit", "{in}", "--drag", "1,1:2,2", "--seed", "-1", "-o", "{tmp}/o.png"], "--seed must be"),
+        (["dragbench", "run", "--data", "{tmp}/data", "--out", "{tmp}/out", "--seed", str(2**70)], "--seed must be"),
+        (["edit", "{in}", "--drag", "1,1:2,2", "--model", "examples/shapes-model", "--steps", "1000", "--strength", "1",
+          "-o", "{tmp}/o.png"], "`num_inference_steps` may be at most 999"),
+    ],
+)
+def test_what_would_fail_later_is_one_line_before_any_model_loads(files, capsys, monkeypatch, argv, message):
+    from fastdrag import cli
+
+    monkeypatch.setattr(cli, "load_pipeline", never_load)
+    (files / "folder.png").mkdir()
+    write_dragbench(files / "data", {"cat/one": [[8, 8], [12, 8]]})
+    argv = [a.format(**{"in": files / "in.png", "tmp": files}) for a in argv]
+    if "--model" not in argv:
+        argv += ["--model", str(files)] if argv[0] != "preview" else []
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("fastdrag: error: ") and message.format(tmp=files) in err
+
+
+def test_a_bad_pixel_limit_in_the_environment_stops_dragbench_run_at_once(files, capsys, monkeypatch):
+    from fastdrag import cli
+
+    monkeypatch.setattr(cli, "load_pipeline", never_load)
+    monkeypatch.setenv("FASTDRAG_MAX_PIXELS", "lots")
+    write_dragbench(files / "data", {"cat/one": [[8, 8], [12, 8]]})
+    assert main(["dragbench", "run", "--data", str(files / "data"), "--out", str(files / "out"),
+                 "--model", str(files)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "FASTDRAG_MAX_PIXELS must be a whole number of pixels >= 1, got 'lots'" in err

@@ -4,6 +4,7 @@ before any model runs; cached inversions that refuse to be mixed; modules that i
 import ast
 import inspect
 import pickle
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,32 @@ BAD_CALLS = [
     (dict(mask=np.full(SIZE, np.nan)), ValueError, "NaN"),
     (dict(handle_points="10,12"), ValueError, "`handle_points` must be a sequence of"),
 ]
+# Issue #23: each of these passed the checks, then failed later (an IndexError after every UNet
+# call, OverflowError, NotImplementedError) or was silently accepted.
+BAD_CALLS_23 = [
+    (dict(num_inference_steps=1000, inversion_strength=1.0), ValueError,
+     r"`num_inference_steps` may be at most 999 with `inversion_strength` 1;"),
+    (dict(guidance_scale=10**400), ValueError, r"`guidance_scale` must be a number with 0 <= guidance_scale <= 100"),
+    (dict(guidance_scale=Fraction(10**400, 3)), ValueError, r"`guidance_scale` must be a number"),
+    (dict(inversion_strength=Fraction(10**400, 3)), ValueError, r"`inversion_strength` must be in \(0, 1\]"),
+    (dict(image=torch.rand(3, IMAGE_SIZE, IMAGE_SIZE, device="meta")), ValueError, "`image` is on the meta device"),
+    (dict(mask=torch.ones(SIZE, device="meta")), ValueError, "`mask` is on the meta device"),
+    (dict(prompt=None, prompt_embeds=torch.zeros(1, 77, 32, device="meta")), ValueError,
+     "`prompt_embeds` is on the meta device"),
+    (dict(handle_points=torch.tensor(HANDLES, device="meta")), ValueError, "`handle_points` is on the meta device"),
+    (dict(handle_points=[("10", "12"), ("20.5", "19")]), TypeError, "`handle_points` must hold numbers"),
+    (dict(handle_points=[(True, 12), (20.5, 19)]), TypeError, "`handle_points` must hold numbers"),
+    (dict(target_points=np.array([[True, False], [True, True]])), TypeError, "`target_points` must hold numbers"),
+    (dict(target_points=torch.tensor([[1, 0], [1, 1]], dtype=torch.bool)), TypeError, "`target_points` must hold"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, message", BAD_CALLS_23)
+def test_what_would_fail_later_is_refused_before_any_model_runs(pipe, kwargs, error, message):
+    calls = watch_models(pipe)
+    with pytest.raises(error, match=message):
+        edit(pipe, **kwargs)
+    assert calls == []
 
 
 @pytest.mark.parametrize("kwargs, error, message", BAD_CALLS)
@@ -376,3 +403,118 @@ def test_defaults_and_choice_lists_have_one_home():
         assert retyped(name) == [], name
     assert retyped("inputs") == ["0.7"] and retyped("warpage") == ["the fill list"]
     assert warpage.FILL_MODES[0] == warpage.DEFAULT_FILL
+
+
+# --------------------------------------------------------------------------------------------
+# Size limits (issue #23): refused at once, naming the limit and how to raise it
+# --------------------------------------------------------------------------------------------
+
+
+def png_declaring(path: Path, width: int, height: int) -> Path:
+    """A PNG of a few dozen bytes whose header declares ``width`` x ``height`` pixels (a bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+def test_the_pipeline_refuses_an_image_over_its_pixel_limit_and_a_keyword_raises_it(pipe):
+    calls = watch_models(pipe)
+    big = np.zeros((2056, 2048, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"`image` is 2048x2056 = 4,210,688 pixels, over the limit of 4,194,304.*"
+                                         r"max_image_pixels="):
+        pipe(big, handle_points=[(1, 1)], target_points=[(2, 2)])
+    with pytest.raises(ValueError, match="over the limit of 1,000"):
+        edit(pipe, max_image_pixels=1000)
+    with pytest.raises(ValueError, match="over the limit of 1,000"):
+        pipe.invert(tiny_image(), max_image_pixels=1000)
+    assert calls == []
+    assert edit(pipe, max_image_pixels=IMAGE_SIZE * IMAGE_SIZE).shape == (1, IMAGE_SIZE, IMAGE_SIZE, 3)
+
+
+def test_the_pipeline_refuses_too_many_drags_before_converting_them(pipe):
+    calls = watch_models(pipe)
+    many = [(1.0, 1.0)] * 100_000
+    with pytest.raises(ValueError, match=r"`handle_points` has 100,000 points, over the limit of 256 drags; .*max_drags="):
+        edit(pipe, handle_points=many, target_points=many)
+    with pytest.raises(ValueError, match="over the limit of 1 drags"):
+        edit(pipe, max_drags=1)
+    assert calls == []
+    edit(pipe, handle_points=(10, 12), target_points=(15, 12), max_drags=1)
+
+
+def test_a_prompt_over_the_documented_length_is_refused(pipe):
+    from fastdrag.inputs import MAX_PROMPT_CHARS
+
+    calls = watch_models(pipe)
+    with pytest.raises(ValueError, match=r"`prompt` has 4,000,000 characters; at most 10,000"):
+        edit(pipe, prompt="a" * 4_000_000)
+    with pytest.raises(ValueError, match="`negative_prompt` has"):
+        edit(pipe, negative_prompt="a" * (MAX_PROMPT_CHARS + 1))
+    assert calls == []
+    edit(pipe, prompt="a " * (MAX_PROMPT_CHARS // 2))
+
+
+@pytest.mark.parametrize("side", [12000, 30000])
+def test_a_decompression_bomb_is_one_line_naming_the_file(tmp_path, side):
+    from fastdrag.inputs import open_image
+
+    bomb = png_declaring(tmp_path / "bomb.png", side, side)
+    with pytest.raises(ValueError, match=rf"{bomb}.*{side * side:,}|{bomb}.*{side * side} pixels") as error:
+        open_image(bomb)
+    assert "\n" not in str(error.value) and "limit" in str(error.value)
+
+
+def test_cli_refuses_a_bomb_and_too_many_drags_in_one_line_and_says_how_to_raise(tmp_path, capsys):
+    bomb = png_declaring(tmp_path / "bomb.png", 12000, 12000)
+    out = str(tmp_path / "o.png")
+    assert main(["preview", str(bomb), "--drag", "1,1:2,2", "-o", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "12000x12000" in err and "--max-pixels" in err
+    Image.fromarray(as_uint8(tiny_image())).save(tmp_path / "in.png")
+    assert main(["preview", str(tmp_path / "in.png"), "--drag", "1,1:2,2", "-o", out, "--max-pixels", "1000"]) == 2
+    assert "--max-pixels" in capsys.readouterr().err
+    drags = ["--drag", "1,1:2,2"] * 3
+    assert main(["preview", str(tmp_path / "in.png"), *drags, "-o", out, "--max-drags", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "over the limit of 2 drags" in err and "--max-drags" in err
+    assert main(["preview", str(tmp_path / "in.png"), *drags, "-o", out, "--max-drags", "3"]) == 0
+
+
+def test_dragbench_refuses_an_oversized_image_and_the_environment_raises_the_limit(tmp_path, monkeypatch):
+    from tiny_models import write_dragbench
+
+    write_dragbench(tmp_path / "data", {"cat/one": [[8, 8], [12, 8]]})
+    sample = Sample("cat/one", tmp_path / "data" / "cat" / "one")
+    monkeypatch.setenv("FASTDRAG_MAX_PIXELS", "1000")
+    with pytest.raises(ValueError, match="over the limit of 1,000.*FASTDRAG_MAX_PIXELS"):
+        load_sample(sample)
+    monkeypatch.setenv("FASTDRAG_MAX_PIXELS", "4096")
+    assert load_sample(sample).image.size == (IMAGE_SIZE, IMAGE_SIZE)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_exif_orientation_is_applied_to_image_and_mask_read_from_files(tmp_path, suffix):
+    """A phone photo is stored sideways with orientation 6 (turn 90 degrees clockwise to view): drags
+    are given where the picture is seen, and the mask is turned with it."""
+    stored = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 32, 3), dtype=np.uint8))  # 32 wide, 16 high
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / f"in{suffix}", exif=exif)
+    mask = np.zeros((16, 32), np.uint8)
+    mask[:, :8] = 255  # the stored left strip: the top strip as seen
+    Image.fromarray(mask).save(tmp_path / "mask.png", exif=exif)
+    out = tmp_path / "out.png"
+    # (x, y) = (12, 28) is inside only as seen: 16 wide, 32 high.
+    assert main(["preview", str(tmp_path / f"in{suffix}"), "--drag", "8,28:12,26", "--mask", str(tmp_path / "mask.png"),
+                 "-o", str(out)]) == 0
+    assert Image.open(out).size == (16, 32)
+    from fastdrag.inputs import open_image
+
+    seen = np.asarray(open_image(tmp_path / "mask.png"))
+    assert seen.shape == (32, 16) and seen[:8].all() and not seen[8:].any()

@@ -387,3 +387,45 @@ def test_timing_phases_is_switched_off_after_an_exception(pipe):
     with pytest.raises(RuntimeError), pipe.timing_phases():
         raise RuntimeError("boom")
     assert not pipe._clock.collecting
+
+
+def test_timing_phases_are_per_call_under_threads(pipe):
+    """Two threads timing their own calls at once each get their own phases (Gradio concurrency > 1)."""
+    import threading
+
+    from fastdrag.timing import PHASES
+
+    inversion = pipe.invert(tiny_image(), prompt="a cat")
+    opened, first_done = threading.Barrier(2), threading.Event()
+    got: dict[str, dict] = {}
+    errors = []
+
+    def redrag():  # opens its block first, calls while the other block is open too
+        try:
+            with pipe.timing_phases() as times:
+                opened.wait()
+                pipe(handle_points=HANDLES, target_points=TARGETS, inversion=inversion)
+            got["redrag"] = dict(times)
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+        finally:
+            first_done.set()
+
+    def full():
+        try:
+            with pipe.timing_phases() as times:
+                opened.wait()
+                first_done.wait()
+                drag(pipe)
+            got["full"] = dict(times)
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=redrag), threading.Thread(target=full)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert set(got["redrag"]) == {"warp", "sampling", "decode"}
+    assert set(got["full"]) == set(PHASES)
