@@ -560,7 +560,11 @@ def load_sample(sample: Sample) -> SampleData:
     """Read a sample (after :func:`check_sample`). The image is returned as stored (the pipeline
     reads any mode by value); one over the pixel limit (``FASTDRAG_MAX_PIXELS``) is refused."""
     check_sample(sample)
-    meta = load_meta(sample.folder / META_FILE)
+    meta_path = sample.folder / META_FILE
+    meta = load_meta(meta_path)
+    for key in ("points", "mask"):
+        if key not in meta:
+            raise ValueError(f"{meta_path} has no `{key}`: a DragBench sample's {META_FILE} holds `points` and `mask`")
     handles, targets = split_points(meta["points"])
     prompt = meta.get("prompt")
     if prompt is not None and not isinstance(prompt, str):

@@ -427,3 +427,17 @@ def test_a_lock_that_is_a_symbolic_link_is_refused_not_followed(tmp_path, capsys
     assert error.count("\n") == 0 and ".lock" in error and "symbolic link" in error
     assert target.read_text() == "keep me"
     assert not read_records(tmp_path / "out")
+
+
+@pytest.mark.parametrize("missing", ["points", "mask"])
+def test_a_pickle_missing_a_key_fails_its_sample_naming_the_file_and_the_key(tmp_path, missing):
+    write_dragbench(tmp_path / "data", GOOD)
+    sample = dragbench.find_samples(tmp_path / "data")[0]
+    meta_path = sample.folder / META_FILE
+    with open(meta_path, "rb") as f:
+        meta = pickle.load(f)
+    del meta[missing]
+    meta_path.write_bytes(pickle.dumps(meta))
+    with pytest.raises(ValueError, match=rf"{META_FILE}.*has no `{missing}`") as error:
+        dragbench.load_sample(sample)
+    assert str(meta_path) in str(error.value)
