@@ -414,12 +414,14 @@ def dragbench_options(args):
         preserve_consistency=not args.no_consistency,
         seed=args.seed,
         mode=args.mode,
+        max_drags=args.max_drags,
     )
 
 
 def run_dragbench_run(args) -> int:
     from .dragbench import DiskFull, RunRefused, find_samples, max_image_pixels, meta_limits, run_dragbench
 
+    at_least(args.max_drags, 1, "--max-drags")
     try:
         meta_limits()  # a bad FASTDRAG_MAX_META_MIB
         max_image_pixels()  # a bad FASTDRAG_MAX_PIXELS
@@ -527,8 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
         mode_option(sub)
         sub.add_argument("-o", "--output", required=True, help="output image")
         max_pixels_option(sub)
-        sub.add_argument("--max-drags", type=int, default=MAX_DRAGS, metavar="N",
-                         help=f"refuse more drags than this (default {MAX_DRAGS})")
+        max_drags_option(sub)
 
     preview = commands.add_parser("preview", help="warp the pixels directly: no model, instant",
                                   epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -552,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     cuda_graph_option(run)
     pipeline_options(run)
     mode_option(run)
+    max_drags_option(run)
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     score = bench_commands.add_parser("eval", help="MD (DIFT) and 1 - LPIPS, overall and per category")
@@ -627,6 +629,11 @@ def model_options(sub: argparse.ArgumentParser) -> None:
 def cuda_graph_option(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--no-cuda-graphs", action="store_true",
                      help="on CUDA, run eagerly instead of replaying captured CUDA graphs (pipe.enable_cuda_graphs)")
+
+
+def max_drags_option(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--max-drags", type=int, default=MAX_DRAGS, metavar="N",
+                     help=f"refuse more drags than this (default {MAX_DRAGS})")
 
 
 def mode_option(sub: argparse.ArgumentParser) -> None:

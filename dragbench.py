@@ -44,7 +44,15 @@ from typing import Any
 
 import numpy as np
 
-from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, MAX_IMAGE_PIXELS, open_image
+from .inputs import (
+    DEFAULT_STEPS,
+    DEFAULT_STRENGTH,
+    MAX_DRAGS,
+    MAX_IMAGE_PIXELS,
+    check_drag_points,
+    image_size,
+    open_image,
+)
 from .warpage import DEFAULT_FILL, DEFAULT_MODE
 
 
@@ -778,12 +786,16 @@ class EditOptions:
     preserve_consistency: bool = True
     seed: int | None = None
     mode: str = DEFAULT_MODE
+    max_drags: int = MAX_DRAGS
 
 
 def edit_sample(pipe, data: SampleData, options: EditOptions) -> tuple[Any, dict[str, float]]:
     """Run the pipeline on one sample: ``(edited PIL image, seconds per phase)``."""
     import torch
 
+    # Checked here too, to say how a command-line user raises the limit.
+    check_drag_points(data.handles, data.targets, image_size(data.image), options.max_drags,
+                      f"raise the limit with --max-drags (now {options.max_drags})")
     generator = torch.Generator("cpu").manual_seed(options.seed) if options.seed is not None else None
     with pipe.timing_phases() as times:
         image = pipe(
@@ -799,6 +811,7 @@ def edit_sample(pipe, data: SampleData, options: EditOptions) -> tuple[Any, dict
             preserve_consistency=options.preserve_consistency,
             generator=generator,
             max_image_pixels=max_image_pixels(),
+            max_drags=options.max_drags,
         ).images[0]
     return image, dict(times)
 

@@ -156,3 +156,14 @@ def test_cli_run_on_a_saved_model(tmp_path, capsys):
     assert main(argv) == 0
     assert "4 already done" in capsys.readouterr().out
     assert np.asarray(Image.open(tmp_path / "o" / "animals" / "cat" / "dragged_image.png")).shape == (32, 32, 3)
+
+
+def test_cli_run_caps_the_drags_of_a_sample_with_max_drags(tmp_path, capsys):
+    write_dragbench(tmp_path / "data", {"animals/cat": GOOD["animals/cat"], "animals/dog": GOOD["animals/dog"]})
+    model = save_tiny_model(tmp_path / "model")
+    argv = ["dragbench", "run", "--data", str(tmp_path / "data"), "--model", model, "--out", str(tmp_path / "o"),
+            "--device", "cpu", "--no-progress", "--max-drags", "1"]
+    assert main(argv) == 1  # the dog has two drags: its sample fails, the cat is done
+    assert "1 edited, 1 failed" in capsys.readouterr().out
+    errors = [record["error"] for record in read_results(tmp_path / "o").values() if record.get("error")]
+    assert len(errors) == 1 and "over the limit of 1 drags" in errors[0] and "--max-drags" in errors[0]
