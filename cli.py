@@ -261,6 +261,15 @@ def check_schedule_options(args, model_offline: bool) -> None:
         raise UsageError(str(error)) from error
 
 
+def check_pipeline_options(args) -> bool:
+    """What ``edit`` and ``dragbench run`` pass to the pipeline, checked before it loads: the seed, the
+    model (see :func:`check_model_sources`, whose answer this returns) and the schedule."""
+    check_seed_option(args.seed)
+    offline = check_model_sources(args)
+    check_schedule_options(args, offline)
+    return offline
+
+
 def check_server_options(args) -> None:
     """The editor's numbers: a port it can bind, a size it can fit images to, a cache of whole MiB."""
     if not 1 <= args.port <= 65535:
@@ -367,9 +376,7 @@ def run_edit(args) -> None:
     check_output(args.output)
     image, mask, handles, targets, (height, width) = read_inputs(args)
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
-    check_seed_option(args.seed)
-    offline = check_model_sources(args)
-    check_schedule_options(args, offline)
+    offline = check_pipeline_options(args)
     blocks = model_config(args.model, "vae", offline).get("block_out_channels")
     factor = 2 ** (len(blocks) - 1) if blocks else None
     if factor and (height % factor or width % factor):
@@ -430,9 +437,7 @@ def run_dragbench_run(args) -> int:
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from error
     _, dtype = pick_device_and_dtype(args.device, args.dtype)  # a bad --device is reported before any work
-    check_seed_option(args.seed)
-    offline = check_model_sources(args)
-    check_schedule_options(args, offline)
+    offline = check_pipeline_options(args)
 
     def load(process_device: str):
         return load_on_device(args, process_device, offline)

@@ -151,6 +151,7 @@ def max_image_pixels() -> int:
         raise ValueError(f"{MAX_PIXELS_ENV} must be a whole number of pixels >= 1, got {setting!r}")
     return int(setting)
 
+
 # The numpy dtypes a DragBench array or number may have, as pickles spell them (kind and item size).
 _META_DTYPES = {"b1": 1, "i1": 1, "u1": 1, "i2": 2, "u2": 2, "i4": 4, "u4": 4, "i8": 8, "u8": 8,
                 "f2": 2, "f4": 4, "f8": 8}
