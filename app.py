@@ -28,8 +28,17 @@ import numpy as np
 from PIL import Image
 
 from .frontend import draw_arrows, first_line, format_phases, preview_drag
-from .inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, MAX_UPLOAD_PIXELS, check_pixel_count, to_rgb
-from .warpage import DEFAULT_FILL, DEFAULT_MODE, EDIT_MODES, FILL_MODES
+from .inputs import (
+    DEFAULT_FILL,
+    DEFAULT_MODE,
+    DEFAULT_STEPS,
+    DEFAULT_STRENGTH,
+    EDIT_MODES,
+    FILL_MODES,
+    MAX_UPLOAD_PIXELS,
+    check_pixel_count,
+    to_rgb,
+)
 
 
 DEFAULT_MAX_SIDE = 512

@@ -15,12 +15,17 @@ from .app import DEFAULT_CACHE_MIB, DEFAULT_MAX_SIDE, MIN_MAX_SIDE, PipelineHold
 from .compat import from_pretrained_dtype
 from .frontend import draw_arrows, first_line, format_phases, preview_drag
 from .inputs import (
+    DEFAULT_FILL,
+    DEFAULT_MODE,
     DEFAULT_STEPS,
     DEFAULT_STRENGTH,
+    EDIT_MODES,
+    FILL_MODES,
     MAX_DRAGS,
     MAX_IMAGE_PIXELS,
     MAX_UPLOAD_PIXELS,
     check_drag_points,
+    check_edit_mode,
     check_image,
     check_schedule,
     check_seed,
@@ -28,7 +33,6 @@ from .inputs import (
 )
 from .inputs import open_image as open_image_file
 from .shapes import SHAPEDRAG_COUNT, SHAPEDRAG_SEED
-from .warpage import DEFAULT_FILL, DEFAULT_MODE, EDIT_MODES, FILL_MODES, check_edit_mode
 
 
 EXAMPLES = """examples:

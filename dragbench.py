@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 
 from .inputs import (
+    DEFAULT_FILL,
+    DEFAULT_MODE,
     DEFAULT_STEPS,
     DEFAULT_STRENGTH,
     MAX_DRAGS,
@@ -53,7 +55,6 @@ from .inputs import (
     image_size,
     open_image,
 )
-from .warpage import DEFAULT_FILL, DEFAULT_MODE
 
 
 RESULTS_FILE = "results.jsonl"

@@ -7,9 +7,18 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .inputs import check_drag_points, check_image, image_to_latent_points, image_to_tensor, mask_to_tensor
+from .inputs import (
+    DEFAULT_FILL,
+    DEFAULT_MODE,
+    check_drag_points,
+    check_edit_mode,
+    check_image,
+    image_to_latent_points,
+    image_to_tensor,
+    mask_to_tensor,
+)
 from .timing import PHASES
-from .warpage import DEFAULT_FILL, DEFAULT_MODE, check_edit_mode, edit_latents
+from .warpage import edit_latents
 
 
 def preview_drag(image, mask, handle_points, target_points, fill: str = DEFAULT_FILL, mode: str = DEFAULT_MODE):

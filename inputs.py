@@ -31,6 +31,12 @@ import torch.nn.functional as F
 
 DEFAULT_STEPS = 10
 DEFAULT_STRENGTH = 0.7
+# How the pixels the warp leaves empty are filled (docs/method.md section 4).
+FILL_MODES = ("bnni", "original", "zeros", "noise")
+DEFAULT_FILL = "bnni"
+# The one-step latent edits: drag (sections 2-4), and move or copy the masked object (section 8).
+EDIT_MODES = ("drag", "move", "copy")
+DEFAULT_MODE = "drag"
 
 # Size limits (docs/hostile-inputs.md). Diffusers pipelines cap nothing, but an image or a drag list
 # too large to run is better refused at once, naming the limit, than left to fail in an allocation
@@ -505,6 +511,23 @@ def check_drag_points(
                 f"allowed: 0 <= x < {width}, 0 <= y < {height}"
             )
     return handles, targets
+
+
+def check_edit_mode(mode: str, drags: int, object_given: bool) -> None:
+    """``mode`` is one of ``EDIT_MODES``; moving or copying takes exactly one drag and a mask of
+    the object (``object_given``: a mask was given, not the whole image by default)."""
+    if mode not in EDIT_MODES:
+        raise ValueError(f"`mode` must be one of {EDIT_MODES}, got {mode!r}")
+    if mode != "drag" and drags != 1:
+        raise ValueError(f"`mode={mode!r}` moves one object: give exactly one drag, got {drags}")
+    if mode != "drag" and not object_given:
+        raise ValueError(f"`mode={mode!r}` needs `mask`: the object to {mode}")
+
+
+def check_fill(fill: str) -> None:
+    """``fill`` is one of ``FILL_MODES``."""
+    if fill not in FILL_MODES:
+        raise ValueError(f"`fill` must be one of {FILL_MODES}, got {fill!r}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -42,11 +42,15 @@ from .attention_processors import RECORD, REPLAY, KVBank, KVState, fastdrag_atte
 from .compat import from_pretrained_dtype
 from .cuda_graphs import DEFAULT_MAX_GRAPHS, GraphCache
 from .inputs import (
+    DEFAULT_FILL,
+    DEFAULT_MODE,
     DEFAULT_STEPS,
     DEFAULT_STRENGTH,
     MAX_DRAGS,
     MAX_IMAGE_PIXELS,
     check_drag_points,
+    check_edit_mode,
+    check_fill,
     check_holds_data,
     check_image,
     check_limit,
@@ -62,7 +66,7 @@ from .inputs import (
     mask_to_tensor,
 )
 from .timing import PhaseClock
-from .warpage import DEFAULT_FILL, DEFAULT_MODE, FILL_MODES, check_edit_mode, edit_latents, warp_constants
+from .warpage import edit_latents, warp_constants
 
 
 logger = logging.get_logger(__name__)
@@ -478,8 +482,7 @@ class StableDiffusionFastDragPipeline(
         handles, _ = check_drag_points(handle_points, target_points, size, check_limit(max_drags, "max_drags"))
         mask_to_tensor(mask, size)
         check_real(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE_SCALE)
-        if fill not in FILL_MODES:
-            raise ValueError(f"`fill` must be one of {FILL_MODES}, got {fill!r}")
+        check_fill(fill)
         check_edit_mode(mode, len(handles), object_given=mask is not None)
         if not isinstance(preserve_consistency, (bool, np.bool_)):
             raise TypeError(f"`preserve_consistency` must be a bool, got {type(preserve_consistency).__name__}")
@@ -695,7 +698,7 @@ class StableDiffusionFastDragPipeline(
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return (latents - shift) * self.vae.config.scaling_factor
 
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_image(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> ``(B, 3, H, W)`` images in [-1, 1], the inverse of :meth:`encode_image`."""
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + shift
@@ -1167,7 +1170,7 @@ class StableDiffusionFastDragPipeline(
         # 8. Decode and post-process.
         if output_type != "latent":
             with self._phase("decode"):
-                image = self._decode(latents)
+                image = self.decode_image(latents)
                 image, has_nsfw_concept = self.run_safety_checker(image, device, prompt_embeds.dtype)
                 do_denormalize = [True] * image.shape[0] if has_nsfw_concept is None else [not n for n in has_nsfw_concept]
                 image = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=do_denormalize)

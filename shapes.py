@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from .dragbench import EDITED_FILE, META_FILE, find_samples, load_meta, write_sample
-from .warpage import DEFAULT_FILL, DEFAULT_MODE, edit_latents
+from .inputs import DEFAULT_FILL, DEFAULT_MODE
+from .warpage import edit_latents
 
 
 IMAGE_SIZE = 64
@@ -354,7 +355,7 @@ def warp_and_decode(pipe, image, mask: np.ndarray, handles, targets, mode: str =
     size = pipe.check_image(image)
     pixels, latent_mask, handles, targets = pipe.preprocess(image, mask, handles, targets, size, device)
     latents = edit_latents(pipe.encode_image(pixels, device), latent_mask, handles, targets, mode=mode, fill=fill)
-    return pipe.image_processor.postprocess(pipe._decode(latents), output_type="pil")[0]
+    return pipe.image_processor.postprocess(pipe.decode_image(latents), output_type="pil")[0]
 
 
 # --------------------------------------------------------------------------------------------

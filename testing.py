@@ -6,6 +6,8 @@
   encoder with random weights.
 - :func:`random_sd15_pipeline`: a full-size SD 1.5-shaped pipeline with random weights; a random
   UNet costs exactly what a trained one does, so it is what the speed benchmark times.
+- :data:`SDXL_SCHEDULER`, the ``SDXL_*`` configs and :func:`random_sdxl_pipeline`: the same for
+  Stable Diffusion XL (base 1.0's shapes; its repo ships this Euler scheduler).
 - :func:`write_dragbench`: a folder in DragBench's layout.
 - :func:`capture_by_rerunning`: a stand-in for a CUDA graph capture, so that the graph path runs on
   the CPU (the tests, and the GPU suite's dry run).
@@ -42,6 +44,26 @@ SD15_VAE = dict(
 SD15_TEXT = dict(
     vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
     max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+)
+
+# Stable Diffusion XL base 1.0's shapes (its model_index.json and component configs).
+SDXL_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading",
+    prediction_type="epsilon", interpolation_type="linear", use_karras_sigmas=False,
+)
+SDXL_UNET = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
+    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+)
+SDXL_VAE = dict(SD15_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+SDXL_TEXT = dict(SD15_TEXT)
+SDXL_TEXT_2 = dict(
+    vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+    max_position_embeddings=77, hidden_act="gelu", projection_dim=1280,
 )
 
 
@@ -100,6 +122,28 @@ def random_sd15_pipeline(dtype: torch.dtype = torch.float32, seed: int = 0):
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+
+
+def random_sdxl_pipeline(dtype: torch.dtype = torch.float32, seed: int = 0):
+    """A ``StableDiffusionXLFastDragPipeline`` with SDXL base 1.0's UNet, VAE and two CLIP text
+    encoders' shapes and random weights, its Euler scheduler (the pipeline converts it to DDIM) and
+    byte-level tokenizers. In float32 it takes about 14 GB."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from fastdrag.pipeline_fastdrag_sdxl import StableDiffusionXLFastDragPipeline
+
+    torch.manual_seed(seed)
+    pipe = StableDiffusionXLFastDragPipeline(
+        vae=AutoencoderKL(**SDXL_VAE),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**SDXL_TEXT)),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_2)),
+        tokenizer=byte_level_tokenizer(model_max_length=77),
+        tokenizer_2=byte_level_tokenizer(model_max_length=77),
+        unet=UNet2DConditionModel(**SDXL_UNET),
+        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
     )
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 

@@ -15,8 +15,7 @@ host, so on CUDA they run without synchronising. The input checks (``validate=Tr
 default) do read values back; callers that have validated their inputs already (the pipeline
 does so on the host, before any model runs) pass ``validate=False``.
 
-This module imports nothing relative, so Diffusers can copy it beside a local
-``custom_pipeline`` file.
+The edit modes, fill modes and their checks live with the other argument checks in ``inputs.py``.
 """
 
 import functools
@@ -25,12 +24,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .inputs import DEFAULT_FILL, DEFAULT_MODE, check_edit_mode, check_fill
 
-FILL_MODES = ("bnni", "original", "zeros", "noise")
-DEFAULT_FILL = "bnni"
-# The one-step latent edits: drag (sections 2-4), and move or copy the masked object (section 8).
-EDIT_MODES = ("drag", "move", "copy")
-DEFAULT_MODE = "drag"
 
 PointsLike = torch.Tensor | Sequence[Sequence[float]]
 
@@ -342,8 +337,7 @@ def fill_null(
     Modes (the paper's ablation): ``"bnni"`` (default, :func:`bnni`), ``"original"`` (keep the
     value that was there), ``"zeros"``, ``"noise"`` (standard normal, from ``generator``).
     """
-    if mode not in FILL_MODES:
-        raise ValueError(f"`fill` must be one of {FILL_MODES}, got {mode!r}")
+    check_fill(mode)
     if validate:
         _check_tensor(null, "null", torch.bool)
         check_latents(latents, tuple(null.shape))
@@ -387,8 +381,7 @@ def warp_latents(
     ``latents``: ``(B, C, H, W)``; ``mask``: ``(H, W)`` bool; ``handles``/``targets``: ``(K, 2)``
     latent ``(row, col)``. Returns a new tensor; ``latents`` is left untouched.
     """
-    if fill not in FILL_MODES:
-        raise ValueError(f"`fill` must be one of {FILL_MODES}, got {fill!r}")
+    check_fill(fill)
     if validate:
         check_latents(latents, tuple(mask.shape))
     field = warpage_field(mask, handles, targets, validate=validate)
@@ -442,17 +435,6 @@ def shift_object(
     return fill_null(moved, mask & ~pasted, fill, generator=generator, validate=False)
 
 
-def check_edit_mode(mode: str, drags: int, object_given: bool) -> None:
-    """``mode`` is one of ``EDIT_MODES``; moving or copying takes exactly one drag and a mask of
-    the object (``object_given``: a mask was given, not the whole image by default)."""
-    if mode not in EDIT_MODES:
-        raise ValueError(f"`mode` must be one of {EDIT_MODES}, got {mode!r}")
-    if mode != "drag" and drags != 1:
-        raise ValueError(f"`mode={mode!r}` moves one object: give exactly one drag, got {drags}")
-    if mode != "drag" and not object_given:
-        raise ValueError(f"`mode={mode!r}` needs `mask`: the object to {mode}")
-
-
 def edit_latents(
     latents: torch.Tensor,
     mask: torch.Tensor,
@@ -467,8 +449,7 @@ def edit_latents(
     of the one drag's rounded offset for ``"move"`` and ``"copy"``. Points are latent ``(row, col)``."""
     if mode == "drag":
         return warp_latents(latents, mask, handles, targets, fill=fill, generator=generator, validate=validate)
-    if fill not in FILL_MODES:
-        raise ValueError(f"`fill` must be one of {FILL_MODES}, got {fill!r}")
+    check_fill(fill)
     handles, targets = as_points(handles, "handles", mask.device), as_points(targets, "targets", mask.device)
     if validate:
         check_edit_mode(mode, handles.shape[0], object_given=True)

@@ -488,6 +488,12 @@ class GraphCache:
 
 DEFAULT_STEPS = 10
 DEFAULT_STRENGTH = 0.7
+# How the pixels the warp leaves empty are filled (docs/method.md section 4).
+FILL_MODES = ("bnni", "original", "zeros", "noise")
+DEFAULT_FILL = "bnni"
+# The one-step latent edits: drag (sections 2-4), and move or copy the masked object (section 8).
+EDIT_MODES = ("drag", "move", "copy")
+DEFAULT_MODE = "drag"
 
 # Size limits (docs/hostile-inputs.md). Diffusers pipelines cap nothing, but an image or a drag list
 # too large to run is better refused at once, naming the limit, than left to fail in an allocation
@@ -983,6 +989,23 @@ def check_drag_points(
     return handles, targets
 
 
+def check_edit_mode(mode: str, drags: int, object_given: bool) -> None:
+    """``mode`` is one of ``EDIT_MODES``; moving or copying takes exactly one drag and a mask of
+    the object (``object_given``: a mask was given, not the whole image by default)."""
+    if mode not in EDIT_MODES:
+        raise ValueError(f"`mode` must be one of {EDIT_MODES}, got {mode!r}")
+    if mode != "drag" and drags != 1:
+        raise ValueError(f"`mode={mode!r}` moves one object: give exactly one drag, got {drags}")
+    if mode != "drag" and not object_given:
+        raise ValueError(f"`mode={mode!r}` needs `mask`: the object to {mode}")
+
+
+def check_fill(fill: str) -> None:
+    """``fill`` is one of ``FILL_MODES``."""
+    if fill not in FILL_MODES:
+        raise ValueError(f"`fill` must be one of {FILL_MODES}, got {fill!r}")
+
+
 # --------------------------------------------------------------------------------------------
 # Image space to latent space
 # --------------------------------------------------------------------------------------------
@@ -1075,12 +1098,6 @@ class PhaseClock:
 # From warpage.py
 # FastDrag's one-step warpage: latent warpage function (LWF), relocation and BNNI.
 # --------------------------------------------------------------------------------------------
-
-FILL_MODES = ("bnni", "original", "zeros", "noise")
-DEFAULT_FILL = "bnni"
-# The one-step latent edits: drag (sections 2-4), and move or copy the masked object (section 8).
-EDIT_MODES = ("drag", "move", "copy")
-DEFAULT_MODE = "drag"
 
 PointsLike = torch.Tensor | Sequence[Sequence[float]]
 
@@ -1392,8 +1409,7 @@ def fill_null(
     Modes (the paper's ablation): ``"bnni"`` (default, :func:`bnni`), ``"original"`` (keep the
     value that was there), ``"zeros"``, ``"noise"`` (standard normal, from ``generator``).
     """
-    if mode not in FILL_MODES:
-        raise ValueError(f"`fill` must be one of {FILL_MODES}, got {mode!r}")
+    check_fill(mode)
     if validate:
         _check_tensor(null, "null", torch.bool)
         check_latents(latents, tuple(null.shape))
@@ -1437,8 +1453,7 @@ def warp_latents(
     ``latents``: ``(B, C, H, W)``; ``mask``: ``(H, W)`` bool; ``handles``/``targets``: ``(K, 2)``
     latent ``(row, col)``. Returns a new tensor; ``latents`` is left untouched.
     """
-    if fill not in FILL_MODES:
-        raise ValueError(f"`fill` must be one of {FILL_MODES}, got {fill!r}")
+    check_fill(fill)
     if validate:
         check_latents(latents, tuple(mask.shape))
     field = warpage_field(mask, handles, targets, validate=validate)
@@ -1494,17 +1509,6 @@ def shift_object(
     return fill_null(moved, mask & ~pasted, fill, generator=generator, validate=False)
 
 
-def check_edit_mode(mode: str, drags: int, object_given: bool) -> None:
-    """``mode`` is one of ``EDIT_MODES``; moving or copying takes exactly one drag and a mask of
-    the object (``object_given``: a mask was given, not the whole image by default)."""
-    if mode not in EDIT_MODES:
-        raise ValueError(f"`mode` must be one of {EDIT_MODES}, got {mode!r}")
-    if mode != "drag" and drags != 1:
-        raise ValueError(f"`mode={mode!r}` moves one object: give exactly one drag, got {drags}")
-    if mode != "drag" and not object_given:
-        raise ValueError(f"`mode={mode!r}` needs `mask`: the object to {mode}")
-
-
 def edit_latents(
     latents: torch.Tensor,
     mask: torch.Tensor,
@@ -1519,8 +1523,7 @@ def edit_latents(
     of the one drag's rounded offset for ``"move"`` and ``"copy"``. Points are latent ``(row, col)``."""
     if mode == "drag":
         return warp_latents(latents, mask, handles, targets, fill=fill, generator=generator, validate=validate)
-    if fill not in FILL_MODES:
-        raise ValueError(f"`fill` must be one of {FILL_MODES}, got {fill!r}")
+    check_fill(fill)
     handles, targets = as_points(handles, "handles", mask.device), as_points(targets, "targets", mask.device)
     if validate:
         check_edit_mode(mode, handles.shape[0], object_given=True)
@@ -1957,8 +1960,7 @@ class StableDiffusionFastDragPipeline(
         handles, _ = check_drag_points(handle_points, target_points, size, check_limit(max_drags, "max_drags"))
         mask_to_tensor(mask, size)
         check_real(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE_SCALE)
-        if fill not in FILL_MODES:
-            raise ValueError(f"`fill` must be one of {FILL_MODES}, got {fill!r}")
+        check_fill(fill)
         check_edit_mode(mode, len(handles), object_given=mask is not None)
         if not isinstance(preserve_consistency, (bool, np.bool_)):
             raise TypeError(f"`preserve_consistency` must be a bool, got {type(preserve_consistency).__name__}")
@@ -2191,7 +2193,7 @@ class StableDiffusionFastDragPipeline(
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return (latents - shift) * self.vae.config.scaling_factor
 
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_image(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> ``(B, 3, H, W)`` images in [-1, 1], the inverse of :meth:`encode_image`."""
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + shift
@@ -2703,7 +2705,7 @@ class StableDiffusionFastDragPipeline(
         # 8. Decode and post-process.
         if output_type != "latent":
             with self._phase("decode"):
-                image = self._decode(latents)
+                image = self.decode_image(latents)
                 image, has_nsfw_concept = self.run_safety_checker(image, device, prompt_embeds.dtype)
                 do_denormalize = (
                     [True] * image.shape[0] if has_nsfw_concept is None else [not n for n in has_nsfw_concept]

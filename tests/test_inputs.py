@@ -363,18 +363,27 @@ def test_no_two_modules_import_each_other():
     assert mutual == []
 
 
-def test_the_pipelines_siblings_import_no_sibling_and_warpage_is_latent_math():
+PIPELINE_ENTRIES = ("pipeline_fastdrag", "pipeline_fastdrag_sdxl")
+
+
+def test_the_pipelines_siblings_import_only_what_the_entry_imports_and_warpage_is_latent_math():
+    """Diffusers copies a local custom_pipeline file's direct relative imports and nothing further:
+    a sibling may import another sibling only when the entry imports that one too."""
     graph = module_imports()
-    siblings = graph["pipeline_fastdrag"]
-    assert siblings == {"attention_processors", "compat", "cuda_graphs", "inputs", "timing", "warpage"}
-    assert all(graph[name] == set() for name in siblings)
+    for entry in PIPELINE_ENTRIES:
+        siblings = graph[entry]
+        assert {"attention_processors", "fastdrag_core", "inputs", "warpage"} <= siblings, entry
+        assert not siblings & {"cli", "app", "dragbench", "frontend", "shapes", "metrics", "testing"}, entry
+        for name in siblings:
+            assert graph[name] <= siblings, (entry, name, graph[name] - siblings)
+    assert graph["inputs"] == set() and graph["warpage"] == {"inputs"}
     imported = {
         alias.name.split(".")[0]
         for node in ast.walk(ast.parse((ROOT / "warpage.py").read_text()))
         if isinstance(node, (ast.Import, ast.ImportFrom))
         for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
     }
-    assert imported == {"collections", "functools", "torch"}
+    assert imported == {"collections", "functools", "torch", "inputs"}
 
 
 def test_call_reads_top_to_bottom_in_numbered_steps():
@@ -386,7 +395,7 @@ def test_call_reads_top_to_bottom_in_numbered_steps():
 
 
 def test_defaults_and_choice_lists_have_one_home():
-    from fastdrag import warpage
+    from fastdrag import inputs, warpage
 
     def retyped(name: str) -> list:
         found = []
@@ -401,8 +410,8 @@ def test_defaults_and_choice_lists_have_one_home():
 
     for name in ("cli", "app", "dragbench", "pipeline_fastdrag", "frontend", "metrics", "testing", "shapes"):
         assert retyped(name) == [], name
-    assert retyped("inputs") == ["0.7"] and retyped("warpage") == ["the fill list"]
-    assert warpage.FILL_MODES[0] == warpage.DEFAULT_FILL
+    assert retyped("inputs") == ["0.7", "the fill list"] and retyped("warpage") == []
+    assert inputs.FILL_MODES[0] == inputs.DEFAULT_FILL == warpage.DEFAULT_FILL
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,10 +6,10 @@ The VAE has two levels, so ``vae_scale_factor`` is 2, not 8: tests catch any lit
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from fastdrag.testing import SD15_SCHEDULER, byte_level_tokenizer, write_dragbench  # noqa: F401 - re-exported
+from fastdrag.testing import SD15_SCHEDULER, SDXL_SCHEDULER, byte_level_tokenizer, write_dragbench  # noqa: F401
 
 
 IMAGE_SIZE = 32  # pixels; the latent is 16 x 16
@@ -75,4 +75,52 @@ def save_tiny_model(directory) -> str:
     from diffusers import StableDiffusionPipeline
 
     StableDiffusionPipeline(**tiny_components()).save_pretrained(directory)
+    return str(directory)
+
+
+# --------------------------------------------------------------------------------------------
+# Stable Diffusion XL: Diffusers' own SDXL test shapes, grown a little (two text encoders whose
+# hidden states are concatenated, a pooled projection and six time ids as added conditioning)
+# --------------------------------------------------------------------------------------------
+
+
+def tiny_sdxl_text_encoders() -> tuple[CLIPTextModel, CLIPTextModelWithProjection]:
+    torch.manual_seed(0)
+    config = CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05,
+        num_attention_heads=4, num_hidden_layers=3, vocab_size=600, max_position_embeddings=16, hidden_act="gelu",
+        projection_dim=32,
+    )
+    return CLIPTextModel(config).eval(), CLIPTextModelWithProjection(config).eval()
+
+
+def tiny_sdxl_unet(seed: int = 0) -> UNet2DConditionModel:
+    """SDXL's layout in small: no attention in the first block, two transformer layers per attention
+    in the second; the up blocks' self-attention runs at 8x8 for a 16x16 latent (6 layers)."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=4,
+    ).eval()
+
+
+def tiny_sdxl_components(**overrides) -> dict:
+    """SDXL components as a Hub repo has them: an Euler scheduler, which the FastDrag pipeline converts to DDIM."""
+    text_encoder, text_encoder_2 = tiny_sdxl_text_encoders()
+    components = dict(
+        vae=tiny_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tiny_tokenizer(),
+        tokenizer_2=tiny_tokenizer(), unet=tiny_sdxl_unet(), scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
+    )
+    components.update(overrides)
+    return components
+
+
+def save_tiny_sdxl_model(directory) -> str:
+    """A tiny SDXL pipeline saved with ``save_pretrained`` (class ``StableDiffusionXLPipeline``), loadable as ``--model``."""
+    from diffusers import StableDiffusionXLPipeline
+
+    StableDiffusionXLPipeline(**tiny_sdxl_components()).save_pretrained(directory)
     return str(directory)

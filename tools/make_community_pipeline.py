@@ -84,9 +84,35 @@ COMMUNITY_EXAMPLE = (
 )
 
 
-def sibling_order(entry: ast.Module) -> list[str]:
-    """The sibling modules ``entry`` imports relatively, in the order it imports them."""
-    return [node.module for node in entry.body if isinstance(node, ast.ImportFrom) and node.level == 1]
+def relative_imports(tree: ast.Module) -> list[str]:
+    """The sibling modules ``tree`` imports relatively, in the order it imports them."""
+    return [node.module for node in tree.body if isinstance(node, ast.ImportFrom) and node.level == 1]
+
+
+def sibling_order(entry: str) -> list[str]:
+    """The modules ``entry`` imports relatively, each after the siblings it imports itself.
+
+    Diffusers' local loading copies only the entry's direct relative imports, so a sibling may
+    import another sibling only if the entry imports that one too; anything else is an error here.
+    """
+    direct = relative_imports(ast.parse((ROOT / f"{entry}.py").read_text()))
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in order:
+            return
+        if name in path:
+            raise SystemExit(f"sibling modules import each other in a cycle: {' -> '.join((*path, name))}")
+        for needed in relative_imports(ast.parse((ROOT / f"{name}.py").read_text())):
+            if needed not in direct:
+                raise SystemExit(f"{name}.py imports {needed}.py, which {entry}.py does not import: Diffusers "
+                                 "would not copy it beside a local custom_pipeline file; import it in the entry too")
+            visit(needed, (*path, name))
+        order.append(name)
+
+    for name in direct:
+        visit(name, ())
+    return order
 
 
 def split_module(path: Path) -> tuple[list[ast.stmt], str, ast.Module]:
@@ -192,15 +218,13 @@ def diffusers_style(text: str) -> str:
 
 def render() -> str:
     """The text of ``community/fastdrag.py`` for the modules as they are now."""
-    entry_imports, _, entry_tree = split_module(ROOT / f"{ENTRY}.py")
-    modules = sibling_order(entry_tree)
+    entry_imports, _, _ = split_module(ROOT / f"{ENTRY}.py")
+    modules = sibling_order(ENTRY)
     parts, imports, seen = [], list(entry_imports), {}
     for name in [*modules, ENTRY]:
         module_imports, rest, tree = split_module(ROOT / f"{name}.py")
         if name == ENTRY:
             rest = with_community_example(rest, tree, (ROOT / f"{name}.py").read_text())
-        if any(isinstance(node, ast.ImportFrom) and node.level for node in module_imports) and name != ENTRY:
-            raise SystemExit(f"{name}.py imports a sibling; the one-file pipeline relies on siblings that do not")
         for defined in defined_names(tree):
             if defined in seen:
                 raise SystemExit(f"`{defined}` is defined in both {seen[defined]}.py and {name}.py")
