@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "StableDiffusionFastDragPipeline": "fastdrag.pipeline_fastdrag",
-    "FastDragInversion": "fastdrag.pipeline_fastdrag",
+    "StableDiffusionXLFastDragPipeline": "fastdrag.pipeline_fastdrag_sdxl",
+    "FastDragInversion": "fastdrag.fastdrag_core",
     "image_to_latent_mask": "fastdrag.inputs",
     "image_to_latent_points": "fastdrag.inputs",
     "preview_drag": "fastdrag.frontend",

@@ -257,7 +257,7 @@ def check_schedule_options(args, model_offline: bool) -> None:
         if config:
             from diffusers import DDIMScheduler
 
-            from .pipeline_fastdrag import ddim_scheduler_from, inverse_scheduler_from, schedule_timesteps
+            from .fastdrag_core import ddim_scheduler_from, inverse_scheduler_from, schedule_timesteps
 
             scheduler = ddim_scheduler_from(DDIMScheduler.from_config(config))
             schedule_timesteps(scheduler, inverse_scheduler_from(scheduler), args.steps, steps)

@@ -22,6 +22,7 @@ import math
 import numbers
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
@@ -528,6 +529,76 @@ def check_fill(fill: str) -> None:
     """``fill`` is one of ``FILL_MODES``."""
     if fill not in FILL_MODES:
         raise ValueError(f"`fill` must be one of {FILL_MODES}, got {fill!r}")
+
+
+def check_sized_image(
+    image, max_image_pixels: int = MAX_IMAGE_PIXELS, multiple_of: int = 1,
+    how_to_raise: str = "pass `max_image_pixels=` to raise it",
+) -> tuple[int, int]:
+    """Check ``image`` (:func:`check_image`), refusing it from its size alone, before any value is
+    read, when it has more than ``max_image_pixels`` pixels, and when its sides are not multiples
+    of ``multiple_of`` (a VAE's scale factor); return its ``(height, width)``."""
+    check_pixel_count(image_size(image), check_limit(max_image_pixels, "max_image_pixels"), "`image`", how_to_raise)
+    height, width = check_image(image)
+    if height % multiple_of or width % multiple_of:
+        raise ValueError(
+            f"`image` height and width must be multiples of the VAE scale factor {multiple_of}, got {height}x{width}; "
+            f"resize or crop it first (for example to {height // multiple_of * multiple_of}x"
+            f"{width // multiple_of * multiple_of})"
+        )
+    return height, width
+
+
+@dataclass(frozen=True)
+class EditInputs:
+    """One edit's image, mask and drags, checked and converted once (CPU tensors).
+
+    Attributes:
+        size: ``(height, width)`` of the image, in pixels.
+        pixels: ``(1, 3, H, W)`` float32 in [0, 1], or ``None`` when the edit starts from a cached
+            inversion and no image was given.
+        mask: ``(H, W)`` bool, ``True`` where content may move.
+        handles, targets: ``(K, 2)`` float32 image ``(x, y)`` pixels.
+        mode, fill: the edit mode and the fill of empty pixels, both checked.
+    """
+
+    size: tuple[int, int]
+    pixels: torch.Tensor | None
+    mask: torch.Tensor
+    handles: torch.Tensor
+    targets: torch.Tensor
+    mode: str
+    fill: str
+
+
+def check_edit_inputs(
+    image,
+    handle_points,
+    target_points,
+    mask,
+    mode: str = DEFAULT_MODE,
+    fill: str = DEFAULT_FILL,
+    *,
+    size: tuple[int, int] | None = None,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    max_drags: int = MAX_DRAGS,
+    multiple_of: int = 1,
+    how_to_raise: tuple[str, str] = ("pass `max_image_pixels=` to raise it", "pass `max_drags=` to raise it"),
+) -> EditInputs:
+    """Check an edit's inputs and convert them once: the pipelines, the command line and the pixel
+    preview all start here. ``image`` may be ``None`` when ``size = (height, width)`` is given (an
+    edit of a cached inversion; see :func:`check_sized_image` for ``max_image_pixels`` and
+    ``multiple_of``). ``how_to_raise`` says, for the pixel and the drag limits, how a caller raises them."""
+    if image is not None:
+        size = check_sized_image(image, max_image_pixels, multiple_of, how_to_raise[0])
+    handles, targets = check_drag_points(
+        handle_points, target_points, size, check_limit(max_drags, "max_drags"), how_to_raise[1]
+    )
+    movable = mask_to_tensor(mask, size)
+    check_fill(fill)
+    check_edit_mode(mode, len(handles), object_given=mask is not None)
+    pixels = image_to_tensor(image) if image is not None else None
+    return EditInputs(size, pixels, movable, handles, targets, mode, fill)
 
 
 # --------------------------------------------------------------------------------------------

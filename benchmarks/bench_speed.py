@@ -78,7 +78,7 @@ def enable_graphs(pipe, device: torch.device) -> None:
     if device.type == "cuda":
         pipe.enable_cuda_graphs()
     else:
-        pipe._cuda_graphs = GraphCache(capture=capture_by_rerunning, device_type=device.type)
+        pipe.attention_replay.graphs = GraphCache(capture=capture_by_rerunning, device_type=device.type)
 
 
 def compile_unet(pipe, args) -> None:

@@ -95,7 +95,7 @@ class ForbidHostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def forbid_host_reads_in(pipe, monkeypatch, names=("_inversion_loop", "_warp", "_sampling_loop")) -> list:
+def forbid_host_reads_in(pipe, monkeypatch, names=("_inversion_loop", "warp", "_sampling_loop")) -> list:
     entered = []
     for name in names:
         method = getattr(pipe, name)
@@ -114,7 +114,7 @@ def test_loops_never_read_a_device_value_on_the_host(pipe, monkeypatch, guidance
     entered = forbid_host_reads_in(pipe, monkeypatch)
     edit(pipe, guidance_scale=guidance_scale)
     redrag(pipe, pipe.invert(tiny_image(), prompt="a cat"), guidance_scale=guidance_scale)
-    assert {"_inversion_loop", "_warp", "_sampling_loop"} <= set(entered)
+    assert {"_inversion_loop", "warp", "_sampling_loop"} <= set(entered)
 
 
 def test_the_host_read_check_catches_an_item_call(pipe, monkeypatch):
@@ -137,8 +137,8 @@ def test_the_host_read_check_catches_an_item_call(pipe, monkeypatch):
 
 
 def with_stand_in_graphs(pipe, max_graphs=8) -> GraphCache:
-    pipe._cuda_graphs = GraphCache(max_graphs, capture=capture_by_rerunning, device_type="cpu")
-    return pipe._cuda_graphs
+    pipe.attention_replay.graphs = GraphCache(max_graphs, capture=capture_by_rerunning, device_type="cpu")
+    return pipe.attention_replay.graphs
 
 
 def test_graph_path_gives_the_eager_bits_and_captures_once_per_key():
@@ -244,7 +244,7 @@ def test_a_graph_that_fails_falls_back_to_the_eager_path_with_one_warning(pipe, 
     inversion = eager.invert(tiny_image(2), prompt="a dog")
     expected["redrag"] = redrag(eager, inversion)
 
-    pipe._cuda_graphs = GraphCache(capture=failing_capture(fail_at), device_type="cpu")
+    pipe.attention_replay.graphs = GraphCache(capture=failing_capture(fail_at), device_type="cpu")
     with pytest.warns(UserWarning) as caught:
         np.testing.assert_array_equal(edit(pipe), expected["edit"])
         np.testing.assert_array_equal(edit(pipe), expected["edit"])
@@ -255,7 +255,7 @@ def test_a_graph_that_fails_falls_back_to_the_eager_path_with_one_warning(pipe, 
     assert len(messages) == 3, messages
     assert all(f"stand-in {fail_at} failed" in m and "running it eagerly" in m for m in messages)
     assert {m.split("'")[1] for m in messages} == {"inversion", "warp", "sampling"}
-    assert len(pipe._cuda_graphs) == 0 and pipe._cuda_graphs.captures == (0 if fail_at == "capture" else 3)
+    assert len(pipe.attention_replay.graphs) == 0 and pipe.attention_replay.graphs.captures == (0 if fail_at == "capture" else 3)
 
 
 def test_enable_cuda_graphs_needs_cuda(pipe, monkeypatch):
@@ -273,17 +273,17 @@ def test_cuda_graphs_on_another_device_run_eagerly_with_a_warning(pipe, monkeypa
     messages = []
     handler = logging.Handler()
     handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("fastdrag.pipeline_fastdrag")
+    logger = logging.getLogger("fastdrag.fastdrag_core")
     logger.addHandler(handler)
     try:
         np.testing.assert_array_equal(edit(pipe), expected)
         edit(pipe)
     finally:
         logger.removeHandler(handler)
-    assert pipe._cuda_graphs.captures == 0
+    assert pipe.attention_replay.graphs.captures == 0
     assert messages == ["CUDA graphs are enabled but cannot run on cpu: running eagerly."]
     pipe.disable_cuda_graphs()
-    assert pipe._cuda_graphs is None
+    assert pipe.attention_replay.graphs is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def test_real_cuda_graphs_give_the_eager_bits(dtype):
     np.testing.assert_array_equal(edit(eager_pipe, guidance_scale=3.0), edit(graph_pipe, guidance_scale=3.0))
     inversions = eager_pipe.invert(tiny_image(1)), graph_pipe.invert(tiny_image(1))
     np.testing.assert_array_equal(redrag(eager_pipe, inversions[0]), redrag(graph_pipe, inversions[1]))
-    assert graph_pipe._cuda_graphs.captures == 4
+    assert graph_pipe.attention_replay.graphs.captures == 4
 
 
 @cuda
@@ -316,7 +316,7 @@ def test_no_synchronisation_in_the_loops_on_cuda(monkeypatch, graphs):
         pipe.enable_cuda_graphs()
     edit(pipe)  # first use: kernels chosen, warp tables made, graphs captured
 
-    for name in ("_invert_latents", "_warp", "_sample_latents"):
+    for name in ("_invert_latents", "warp", "sample_latents"):
         method = getattr(pipe, name)
 
         def strict(*args, _method=method, **kwargs):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import fastdrag.pipeline_fastdrag as pipeline_module
+import fastdrag.fastdrag_core as core_module
 from fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.shapes import psnr, random_drag_case, render, score_drag, summarise, to_uint8
 
@@ -92,7 +92,7 @@ def test_a_drag_moves_the_object_to_its_target(shapes_pipe, samples):
 
 @contextlib.contextmanager
 def warp_is_a_no_op(pipe, monkeypatch):
-    monkeypatch.setattr(pipeline_module, "edit_latents", lambda latents, *args, **kwargs: latents.clone())
+    monkeypatch.setattr(core_module, "edit_latents", lambda latents, *args, **kwargs: latents.clone())
     yield
 
 
@@ -103,15 +103,15 @@ def replay_finds_nothing_recorded(pipe, monkeypatch):
 
     (Reading the recorded steps in the wrong order is *not* caught with this model: its edits
     barely depend on the replay, see BENCHMARKS.md, "ShapeDrag".)"""
-    warp = pipe._warp
+    warp = pipe.warp
 
     def emptying_warp(*args, **kwargs):
-        bank = pipe._kv_state.bank
+        bank = pipe.attention_replay.bank
         for tensor in (*bank.keys.values(), *bank.values.values()):
             tensor.zero_()
         return warp(*args, **kwargs)
 
-    monkeypatch.setattr(pipe, "_warp", emptying_warp)
+    monkeypatch.setattr(pipe, "warp", emptying_warp)
     yield
 
 
