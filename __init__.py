@@ -17,7 +17,7 @@ _EXPORTS = {
     "FastDragInversion": "fastdrag.fastdrag_core",
     "image_to_latent_mask": "fastdrag.inputs",
     "image_to_latent_points": "fastdrag.inputs",
-    "preview_drag": "fastdrag.frontend",
+    "preview_drag": "fastdrag.apps.frontend",
     "warp_latents": "fastdrag.warpage",
 }
 

@@ -42,12 +42,12 @@ from pathlib import Path
 
 import torch
 
-from fastdrag.cli import DEFAULT_TRAIN_STEPS, DTYPES, UsageError, at_least, pick_device_and_dtype, run_script
+from fastdrag.apps.cli import DEFAULT_TRAIN_STEPS, DTYPES, UsageError, at_least, pick_device_and_dtype, run_script
+from fastdrag.apps.testing import capture_by_rerunning, random_sd15_pipeline, write_dragbench
 from fastdrag.compat import from_pretrained_dtype
 from fastdrag.cuda_graphs import GraphCache, capture_cuda_graph
 from fastdrag.inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, check_schedule
 from fastdrag.pipeline_fastdrag import StableDiffusionFastDragPipeline
-from fastdrag.testing import capture_by_rerunning, random_sd15_pipeline, write_dragbench
 from fastdrag.timing import PHASES, synchronize
 
 
@@ -247,7 +247,7 @@ def first_edit_in_fresh_process(path: str, argv: list[str] | None = None) -> dic
 
 def dragbench_seconds(pipe, args, device) -> float:
     """The DragBench runner's median seconds per sample after its first two, on generated samples."""
-    from fastdrag.dragbench import EditOptions, read_records, run_dragbench
+    from fastdrag.apps.dragbench import EditOptions, read_records, run_dragbench
 
     size = args.resolution
     samples = {

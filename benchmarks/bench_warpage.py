@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from fastdrag.cli import at_least, pick_device_and_dtype, run_script
+from fastdrag.apps.cli import at_least, pick_device_and_dtype, run_script
 from fastdrag.warpage import bnni, relocate, warpage_field
 
 

@@ -382,7 +382,7 @@ def step_sd15(rows: Rows, argv: list[str]) -> None:
     import torch
 
     bench, _ = bench_modules()
-    from fastdrag.cli import pick_device_and_dtype
+    from fastdrag.apps.cli import pick_device_and_dtype
 
     command = bench_command(argv)
     args = bench.build_parser().parse_args(argv)
@@ -435,7 +435,7 @@ def step_first_edit(rows: Rows, argv: list[str]) -> None:
 
 def step_compile(rows: Rows, argv: list[str]) -> None:
     bench, _ = bench_modules()
-    from fastdrag.cli import pick_device_and_dtype
+    from fastdrag.apps.cli import pick_device_and_dtype
 
     command = bench_command(argv)
     args = bench.build_parser().parse_args(argv)
@@ -488,7 +488,7 @@ def step_variants(rows: Rows, argv: list[str]) -> None:
     import torch
 
     bench, _ = bench_modules()
-    from fastdrag.cli import pick_device_and_dtype
+    from fastdrag.apps.cli import pick_device_and_dtype
 
     bf16 = with_option(argv, "--dtype", "bfloat16")
     args = bench.build_parser().parse_args(bf16)

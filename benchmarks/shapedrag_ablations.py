@@ -1,7 +1,7 @@
 """The paper's ablations on ShapeDrag, measured with the embedded shapes model: one table.
 
-Every row edits the same seeded held-out samples (``fastdrag.shapes.random_drag_case``) and is
-scored against their ground truth (``fastdrag.shapes.score_edit``). Rows: FastDrag's defaults; the
+Every row edits the same seeded held-out samples (``fastdrag.apps.shapes.random_drag_case``) and is
+scored against their ground truth (``fastdrag.apps.shapes.score_edit``). Rows: FastDrag's defaults; the
 same one-step warp applied to the clean latent and decoded, with no inversion or sampling (what the
 VAE and the warp do alone); the unedited image; the paper's ablations (``fill``, K/V replay off,
 inversion strength, steps); and ``mode="move"``. Then the round trip (a zero-length drag) and
@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from fastdrag.cli import UsageError, at_least, run_script
-from fastdrag.shapes import (
+from fastdrag.apps.cli import UsageError, at_least, run_script
+from fastdrag.apps.shapes import (
     SCORE_COLUMNS,
     SHAPEDRAG_COUNT,
     SHAPEDRAG_SEED,

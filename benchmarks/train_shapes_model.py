@@ -2,7 +2,7 @@
 folder that ``StableDiffusionFastDragPipeline.from_pretrained`` loads offline.
 
 Two stages, seeded: a tiny ``AutoencoderKL`` (scale factor 2: 64x64 images, 32x32x4 latents) on
-synthetic shape scenes (``fastdrag.shapes``), then a tiny ``UNet2DConditionModel`` (self- and
+synthetic shape scenes (``fastdrag.apps.shapes``), then a tiny ``UNet2DConditionModel`` (self- and
 cross-attention in its up blocks at 16x16 and 8x8, so FastDrag's K/V replay has layers to work on)
 on the VAE's latents of fresh scenes, epsilon prediction under Stable Diffusion 1.5's noise schedule,
 with an exponential moving average of its weights. The text encoder is a small random CLIP that is
@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fastdrag.cli import UsageError, at_least, pick_device_and_dtype, run_script
-from fastdrag.shapes import IMAGE_SIZE, render_batch
-from fastdrag.testing import SD15_SCHEDULER, byte_level_tokenizer, write_byte_level_vocabulary
+from fastdrag.apps.cli import UsageError, at_least, pick_device_and_dtype, run_script
+from fastdrag.apps.shapes import IMAGE_SIZE, render_batch
+from fastdrag.apps.testing import SD15_SCHEDULER, byte_level_tokenizer, write_byte_level_vocabulary
 
 
 VAE_CONFIG = dict(
@@ -194,7 +194,7 @@ give it 64x64 images (other sizes work but are out of its training distribution)
 | vae | `AutoencoderKL`, scale factor 2 (64x64 -> 32x32x4), scaling factor {log['scaling_factor']:.4f} | {sizes['vae'][0]:,} | {sizes['vae'][1] / 1e6:.1f} MB |
 | unet | `UNet2DConditionModel`, self- and cross-attention in the up blocks (8x8, 16x16), EMA weights | {sizes['unet'][0]:,} | {sizes['unet'][1] / 1e6:.1f} MB |
 | text_encoder | random `CLIPTextModel` (1 layer, width 64), never trained: the model is unconditional in effect | {sizes['text_encoder'][0]:,} | {sizes['text_encoder'][1] / 1e6:.1f} MB |
-| tokenizer | byte-level CLIP tokenizer (`fastdrag.testing.byte_level_tokenizer`) | | |
+| tokenizer | byte-level CLIP tokenizer (`fastdrag.apps.testing.byte_level_tokenizer`) | | |
 | scheduler | DDIM with Stable Diffusion 1.5's settings | | |
 
 ## How it was made

@@ -5,7 +5,7 @@ import pytest
 from tiny_models import tiny_components
 
 from fastdrag import StableDiffusionFastDragPipeline
-from fastdrag.app import (
+from fastdrag.apps.app import (
     AppError,
     PipelineHolder,
     Session,
@@ -142,7 +142,7 @@ def test_a_model_that_cannot_load_is_reported_every_time_without_retrying():
 
 
 def test_build_app_wires_the_page():
-    from fastdrag.app import build_app
+    from fastdrag.apps.app import build_app
 
     demo = build_app(tiny_holder(), max_side=64)
     ids = {block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)}
@@ -167,7 +167,7 @@ def test_an_image_over_the_pixel_limit_is_an_app_error_naming_the_option():
 def test_gradio_analytics_are_off(monkeypatch):
     import os
 
-    from fastdrag.app import build_app
+    from fastdrag.apps.app import build_app
 
     monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
     demo = build_app(tiny_holder(), max_side=64)

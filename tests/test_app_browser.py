@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fastdrag import StableDiffusionFastDragPipeline
-from fastdrag.shapes import EXAMPLE_CASE, score_drag
+from fastdrag.apps.shapes import EXAMPLE_CASE, score_drag
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def free_port() -> int:
 @pytest.fixture
 def app_url():
     require_browser()
-    from fastdrag.app import PipelineHolder, build_app, launch
+    from fastdrag.apps.app import PipelineHolder, build_app, launch
 
     def load():
         # The embedded shapes model (docs/shapes-model.md): a drag really moves an object.

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 from tiny_models import IMAGE_SIZE, tiny_components, tiny_image, write_dragbench
 
-from fastdrag.cli import main
+from fastdrag.apps.cli import main
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ class StubPipeline:
 def test_app_and_dragbench_run_use_cuda_graphs_on_cuda_unless_told_not_to(monkeypatch, argv):
     import torch
 
-    from fastdrag import cli
+    from fastdrag.apps import cli
 
     monkeypatch.setattr(cli, "load_pipeline", lambda model, unet, dtype, local_files_only=False: StubPipeline())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
@@ -120,7 +120,7 @@ def never_load(*args, **kwargs):
     ],
 )
 def test_number_options_are_checked_before_any_model_loads(files, capsys, monkeypatch, argv, message):
-    from fastdrag import cli
+    from fastdrag.apps import cli
 
     monkeypatch.setattr(cli, "load_pipeline", never_load)
     monkeypatch.setattr(cli, "build_app", never_load)
@@ -135,7 +135,7 @@ def test_number_options_are_checked_before_any_model_loads(files, capsys, monkey
 
 @pytest.mark.parametrize("model", ["{tmp}/no-model", "examples/shapes-modell", "./nowhere"])
 def test_a_missing_local_folder_is_named_as_such(files, capsys, monkeypatch, model):
-    from fastdrag import cli
+    from fastdrag.apps import cli
 
     monkeypatch.setattr(cli, "load_pipeline", never_load)
     monkeypatch.chdir(files)
@@ -158,7 +158,7 @@ def unreachable_hub(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("option", ["--model", "--unet"])
 def test_a_hub_id_that_cannot_be_downloaded_is_one_line_before_loading(files, capsys, monkeypatch, option):
-    from fastdrag import cli
+    from fastdrag.apps import cli
 
     unreachable_hub(monkeypatch, files)
     monkeypatch.setattr(cli, "load_pipeline", never_load)
@@ -217,7 +217,7 @@ def test_a_cached_hub_id_loads_from_the_cache_while_the_hub_is_unreachable(files
     ],
 )
 def test_what_would_fail_later_is_one_line_before_any_model_loads(files, capsys, monkeypatch, argv, message):
-    from fastdrag import cli
+    from fastdrag.apps import cli
 
     monkeypatch.setattr(cli, "load_pipeline", never_load)
     (files / "folder.png").mkdir()
@@ -231,7 +231,7 @@ def test_what_would_fail_later_is_one_line_before_any_model_loads(files, capsys,
 
 
 def test_a_bad_pixel_limit_in_the_environment_stops_dragbench_run_at_once(files, capsys, monkeypatch):
-    from fastdrag import cli
+    from fastdrag.apps import cli
 
     monkeypatch.setattr(cli, "load_pipeline", never_load)
     monkeypatch.setenv("FASTDRAG_MAX_PIXELS", "lots")

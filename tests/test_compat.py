@@ -9,7 +9,7 @@ from diffusers import DiffusionPipeline, UNet2DConditionModel
 from tiny_models import save_tiny_model
 
 from fastdrag import StableDiffusionFastDragPipeline
-from fastdrag.cli import load_pipeline
+from fastdrag.apps.cli import load_pipeline
 
 
 def test_the_pipeline_annotations_are_types_that_every_diffusers_reads():

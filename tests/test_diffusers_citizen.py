@@ -12,7 +12,7 @@ from diffusers import (
     ConsistencyDecoderVAE,
     StableDiffusionPipeline,
 )
-from tiny_models import IMAGE_SIZE, tiny_components, tiny_image
+from tiny_models import IMAGE_SIZE, needs_peft, random_lora, tiny_components, tiny_image
 
 from fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.inputs import image_to_latent_mask, image_to_latent_points
@@ -191,26 +191,6 @@ def test_any_diffusers_vae_encodes_drags_and_decodes(name):
 # --------------------------------------------------------------------------------------------
 
 
-def random_lora(model, target_modules: list[str]) -> dict:
-    """Random, non-zero LoRA weights for ``model``, as a PEFT state dict."""
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.utils import get_peft_model_state_dict
-
-    torch.manual_seed(1)
-    # peft's own injection: transformers 5's `add_adapter` asks for a peft newer than any released
-    # (its MIN_PEFT_VERSION), while loading LoRA weights works from peft 0.19.
-    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=target_modules, init_lora_weights=False), model)
-    return get_peft_model_state_dict(model)
-
-
-def peft_missing() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("peft") is None
-
-
-# LoRA is the [lora] extra: the oldest supported combination is tested without it.
-needs_peft = pytest.mark.skipif(peft_missing(), reason="LoRA needs peft (the [lora] extra)")
 
 
 @needs_peft

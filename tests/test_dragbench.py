@@ -11,8 +11,8 @@ from PIL import Image
 from tiny_models import IMAGE_SIZE, save_tiny_model, tiny_components, write_dragbench
 
 from fastdrag import StableDiffusionFastDragPipeline
-from fastdrag.cli import main
-from fastdrag.dragbench import (
+from fastdrag.apps.cli import main
+from fastdrag.apps.dragbench import (
     RESULTS_FILE,
     EditOptions,
     find_samples,

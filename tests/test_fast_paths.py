@@ -17,8 +17,8 @@ from torch._dynamo.utils import counters
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastdrag import StableDiffusionFastDragPipeline
+from fastdrag.apps.testing import capture_by_rerunning
 from fastdrag.cuda_graphs import GraphCache, as_tuple
-from fastdrag.testing import capture_by_rerunning
 
 
 HANDLES = [(10.0, 12.0), (20.5, 19.0)]  # image (x, y)

@@ -17,9 +17,10 @@ import pytest
 from PIL import Image
 from tiny_models import save_tiny_model, tiny_components, write_dragbench
 
-from fastdrag import StableDiffusionFastDragPipeline, dragbench
-from fastdrag.cli import main
-from fastdrag.dragbench import (
+from fastdrag import StableDiffusionFastDragPipeline
+from fastdrag.apps import dragbench
+from fastdrag.apps.cli import main
+from fastdrag.apps.dragbench import (
     META_FILE,
     META_MAX_MIB,
     META_MAX_MIB_ENV,
@@ -225,7 +226,7 @@ def test_a_deeply_nested_pickle_fails_its_own_sample_and_the_others_are_done(tmp
 PEAK_SCRIPT = """
 import sys
 from fastdrag import StableDiffusionFastDragPipeline
-from fastdrag.dragbench import run_dragbench
+from fastdrag.apps.dragbench import run_dragbench
 from tiny_models import tiny_components
 summary = run_dragbench(sys.argv[1], sys.argv[2], lambda device: StableDiffusionFastDragPipeline(**tiny_components()),
                         progress=False, device="cpu")

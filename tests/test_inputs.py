@@ -15,8 +15,8 @@ from tiny_models import IMAGE_SIZE, tiny_components, tiny_image, tiny_unet, tiny
 
 import fastdrag
 from fastdrag import StableDiffusionFastDragPipeline
-from fastdrag.cli import main
-from fastdrag.dragbench import Sample, load_sample
+from fastdrag.apps.cli import main
+from fastdrag.apps.dragbench import Sample, load_sample
 from fastdrag.inputs import check_image, image_fingerprint, image_to_tensor, mask_to_tensor
 
 
@@ -334,26 +334,36 @@ def test_cli_preview_reads_a_sixteen_bit_image_and_an_alpha_mask(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+APPS = ROOT / "apps"
+
+
 def module_imports() -> dict[str, set[str]]:
-    """Each top-level module of the package -> the package modules it imports (anywhere in it)."""
-    modules = {path.stem for path in ROOT.glob("*.py")}
+    """Each module of the package (the pipelines' at the top, the tools' in ``apps/``, by file name)
+    -> the package modules it imports (anywhere in it)."""
+    paths = {path.stem: path for folder in (ROOT, APPS) for path in folder.glob("*.py") if path.stem != "__init__"}
     graph = {}
-    for name in modules:
-        tree = ast.parse((ROOT / f"{name}.py").read_text())
+    for name, path in paths.items():
         found = set()
-        for node in ast.walk(tree):
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 module = node.module or ""
-                if node.level and module:
-                    found.add(module.split(".")[0])
-                elif node.level or module == "fastdrag":  # from . import x, from fastdrag import x
-                    found |= {alias.name for alias in node.names}
-                elif module.startswith("fastdrag."):
-                    found.add(module.split(".")[1])
+                if module and (node.level or module.startswith("fastdrag.")):
+                    found.add(module.split(".")[-1])
+                if (node.level and not module) or module in ("fastdrag", "fastdrag.apps", "apps"):
+                    found |= {alias.name for alias in node.names}  # from . import x, from fastdrag import x
             elif isinstance(node, ast.Import):
-                found |= {alias.name.removeprefix("fastdrag.") for alias in node.names if alias.name.startswith("fastdrag.")}
-        graph[name] = found & modules - {name}
+                found |= {alias.name.split(".")[-1] for alias in node.names if alias.name.startswith("fastdrag.")}
+        graph[name] = found & set(paths) - {name}
     return graph
+
+
+def test_the_pipelines_files_import_nothing_from_the_tools_around_them():
+    graph = module_imports()
+    tools = {path.stem for path in APPS.glob("*.py")} - {"__init__"}
+    assert tools == {"cli", "app", "dragbench", "frontend", "shapes", "metrics", "testing"}
+    for path in ROOT.glob("*.py"):
+        if path.stem not in ("__init__", "__main__"):
+            assert not graph[path.stem] & tools, (path.stem, graph[path.stem] & tools)
 
 
 def test_no_two_modules_import_each_other():
@@ -386,8 +396,11 @@ def test_the_pipelines_siblings_import_only_what_the_entry_imports_and_warpage_i
     assert imported == {"collections", "functools", "torch", "inputs"}
 
 
-def test_call_reads_top_to_bottom_in_numbered_steps():
-    source = inspect.getsource(StableDiffusionFastDragPipeline.__call__)
+@pytest.mark.parametrize("pipeline_class", ["StableDiffusionFastDragPipeline", "StableDiffusionXLFastDragPipeline"])
+def test_call_reads_top_to_bottom_in_numbered_steps(pipeline_class):
+    import fastdrag
+
+    source = inspect.getsource(getattr(fastdrag, pipeline_class).__call__)
     body = source[source.index('        """', source.index("r\"\"\"") + 4) :].splitlines()[1:]
     steps = [line.strip().split(".")[0] for line in body if line.strip().startswith("# ") and line.strip()[2:3].isdigit()]
     assert steps == [f"# {i}" for i in range(1, 10)]
@@ -399,7 +412,8 @@ def test_defaults_and_choice_lists_have_one_home():
 
     def retyped(name: str) -> list:
         found = []
-        for node in ast.walk(ast.parse((ROOT / f"{name}.py").read_text())):
+        path = ROOT / f"{name}.py" if (ROOT / f"{name}.py").exists() else APPS / f"{name}.py"
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and node.value == 0.7 and isinstance(node.value, float):
                 found.append("0.7")
             if isinstance(node, (ast.Tuple, ast.List)) and any(

@@ -18,9 +18,9 @@ from tiny_models import (
     write_dragbench,
 )
 
-from fastdrag.cli import main
-from fastdrag.dragbench import RESULTS_FILE, append_line
-from fastdrag.metrics import (
+from fastdrag.apps.cli import main
+from fastdrag.apps.dragbench import RESULTS_FILE, append_line
+from fastdrag.apps.metrics import (
     DiftFeaturizer,
     evaluate,
     fidelity,

@@ -8,8 +8,8 @@ from oracles import bnni_oracle, shift_oracle
 from PIL import Image
 from tiny_models import IMAGE_SIZE, tiny_image
 
-from fastdrag.app import Session, add_point, preview_view, set_mode
-from fastdrag.cli import main
+from fastdrag.apps.app import Session, add_point, preview_view, set_mode
+from fastdrag.apps.cli import main
 from fastdrag.inputs import image_to_latent_mask, image_to_latent_points
 from fastdrag.warpage import edit_latents, object_offset, shift_object
 

@@ -186,7 +186,7 @@ def test_bank_shapes_match_the_up_block_self_attention_layers(pipe):
 
     from diffusers import UNet2DConditionModel
 
-    from fastdrag.testing import SD15_UNET
+    from fastdrag.apps.testing import SD15_UNET
 
     with torch.device("meta"):
         sd15 = UNet2DConditionModel(**SD15_UNET)

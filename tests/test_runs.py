@@ -20,10 +20,11 @@ import torch
 from PIL import Image
 from tiny_models import save_tiny_model, tiny_components, tiny_image, write_dragbench
 
-from fastdrag import StableDiffusionFastDragPipeline, dragbench
-from fastdrag.app import InversionCache, PipelineHolder, Session, add_point, build_app, run_edit
-from fastdrag.cli import main
-from fastdrag.dragbench import (
+from fastdrag import StableDiffusionFastDragPipeline
+from fastdrag.apps import dragbench
+from fastdrag.apps.app import InversionCache, PipelineHolder, Session, add_point, build_app, run_edit
+from fastdrag.apps.cli import main
+from fastdrag.apps.dragbench import (
     RESULTS_FILE,
     FolderLock,
     RunRefused,
@@ -32,7 +33,7 @@ from fastdrag.dragbench import (
     read_results,
     run_dragbench,
 )
-from fastdrag.metrics import evaluate
+from fastdrag.apps.metrics import evaluate
 
 
 SAMPLES = {f"cat{i % 2}/s{i}": [[8 + i, 10], [12 + i, 12]] for i in range(6)}
@@ -237,7 +238,7 @@ def test_a_second_writer_is_refused_and_a_crashed_one_leaves_no_lock(bench, caps
         assert main(dragbench_argv(bench)) == 2
         assert "another run" in capsys.readouterr().err
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from fastdrag.dragbench import FolderLock\n"
+        "import sys, time; from pathlib import Path; from fastdrag.apps.dragbench import FolderLock\n"
         f"FolderLock(Path({str(bench / 'out')!r})).__enter__(); print('held', flush=True); time.sleep(60)"
     )], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -373,7 +374,7 @@ def never_load(*args, **kwargs):
     ],
 )
 def test_edit_refuses_bad_input_before_loading_a_model(files, capsys, monkeypatch, extra, message):
-    from fastdrag import cli
+    from fastdrag.apps import cli
 
     if "cuda" in extra and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -8,12 +8,12 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from diffusers.utils import dynamic_modules_utils
-from tiny_models import tiny_sdxl_components
+from tiny_models import needs_peft, random_lora, tiny_sdxl_components, tiny_sdxl_text_encoders, tiny_sdxl_unet
 
 import fastdrag
 from fastdrag import StableDiffusionXLFastDragPipeline
+from fastdrag.apps.testing import SDXL_UNET
 from fastdrag.attention_processors import KVBank, kv_shapes
-from fastdrag.testing import SDXL_UNET
 
 
 ROOT = Path(fastdrag.__file__).resolve().parent
@@ -274,11 +274,39 @@ def test_the_community_name_fastdrag_sdxl_equals_the_package(sdxl_dir, tmp_path,
 
 
 def test_stand_in_graphs_give_the_eager_bits(pipe):
+    from fastdrag.apps.testing import capture_by_rerunning
     from fastdrag.cuda_graphs import GraphCache
-    from fastdrag.testing import capture_by_rerunning
 
     eager = drag(pipe, guidance_scale=2.0)
     pipe.attention_replay.graphs = GraphCache(capture=capture_by_rerunning, device_type="cpu")
     np.testing.assert_array_equal(drag(pipe, guidance_scale=2.0), eager)
     np.testing.assert_array_equal(drag(pipe, guidance_scale=2.0), eager)
     assert pipe.attention_replay.graphs.captures == 3
+
+
+@needs_peft
+def test_unet_and_text_encoder_lora_change_the_edit_and_unloading_restores_the_bits(pipe, tmp_path):
+    unet_lora = random_lora(tiny_sdxl_unet(), ["to_q", "to_k", "to_v", "to_out.0"])
+    encoder_lora = random_lora(tiny_sdxl_text_encoders()[1], ["q_proj", "k_proj", "v_proj", "out_proj"])
+    StableDiffusionXLFastDragPipeline.save_lora_weights(
+        tmp_path / "lora", unet_lora_layers=unet_lora, text_encoder_2_lora_layers=encoder_lora
+    )
+    before, embeds = drag(pipe), pipe.encode_prompt("a cat", device="cpu")[0]
+    pipe.load_lora_weights(tmp_path / "lora", adapter_name="drag")
+    assert "drag" in pipe.get_active_adapters()
+    assert np.abs(drag(pipe) - before).max() > 1e-3
+    assert not torch.equal(pipe.encode_prompt("a cat", device="cpu")[0], embeds)
+    pipe.unload_lora_weights()
+    np.testing.assert_array_equal(drag(pipe), before)
+
+
+def test_textual_inversion_tokens_condition_the_edit(pipe):
+    # SDXL embeddings come as one vector per text encoder, each loaded with its tokenizer.
+    before = pipe.encode_prompt("a <drag-toy>", device="cpu")[0]
+    for index, (encoder, tokenizer) in enumerate(((pipe.text_encoder, pipe.tokenizer),
+                                                  (pipe.text_encoder_2, pipe.tokenizer_2))):
+        vector = torch.randn(32, generator=torch.Generator().manual_seed(index))
+        pipe.load_textual_inversion({"<drag-toy>": vector}, text_encoder=encoder, tokenizer=tokenizer)
+    after = pipe.encode_prompt("a <drag-toy>", device="cpu")[0]
+    assert not torch.equal(after, before)
+    assert np.abs(drag(pipe, prompt="a <drag-toy>") - drag(pipe, prompt="a")).max() > 1e-4

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from fastdrag import shapes
-from fastdrag.dragbench import find_samples, load_sample
-from fastdrag.shapes import Scene, Shape, random_drag_case, render, score_edit, to_uint8
+from fastdrag.apps import shapes
+from fastdrag.apps.dragbench import find_samples, load_sample
+from fastdrag.apps.shapes import Scene, Shape, random_drag_case, render, score_edit, to_uint8
 
 
 RED, BLUE, GREY = (1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.5, 0.5, 0.5)
@@ -115,7 +115,7 @@ def test_write_shapedrag_is_dragbench_data_with_its_ground_truth(tmp_path):
 
 
 def test_shapedrag_make_refuses_a_folder_with_files_and_eval_refuses_an_empty_run(tmp_path, capsys):
-    from fastdrag.cli import main
+    from fastdrag.apps.cli import main
 
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x.txt").write_text("x")

@@ -17,7 +17,7 @@ from PIL import Image
 
 import fastdrag.fastdrag_core as core_module
 from fastdrag import StableDiffusionFastDragPipeline
-from fastdrag.shapes import psnr, random_drag_case, render, score_drag, summarise, to_uint8
+from fastdrag.apps.shapes import psnr, random_drag_case, render, score_drag, summarise, to_uint8
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def test_the_model_folder_is_small_and_shaped_for_fastdrag(shapes_pipe):
 
 def test_the_tokenizer_loads_on_transformers_4_too(tmp_path):
     # transformers 5 saves tokenizer.json alone; transformers 4's CLIPTokenizer reads these two.
-    from fastdrag.testing import write_byte_level_vocabulary
+    from fastdrag.apps.testing import write_byte_level_vocabulary
 
     for written in write_byte_level_vocabulary(tmp_path):
         assert (MODEL / "tokenizer" / written.name).read_bytes() == written.read_bytes()
@@ -138,7 +138,7 @@ def test_the_check_fails_when_the_method_is_broken(shapes_pipe, samples, monkeyp
 
 
 def test_shapedrag_runs_like_dragbench_and_scores_in_one_table(tmp_path, capsys):
-    from fastdrag.cli import main
+    from fastdrag.apps.cli import main
 
     data, out = tmp_path / "shapedrag", tmp_path / "results"
     assert main(["shapedrag", "make", "--out", str(data), "--count", "3", "--seed", "5"]) == 0
@@ -167,7 +167,7 @@ def load_tool(name: str):
 
 
 def test_the_readme_first_command_moves_the_disc_and_its_pictures_are_current(tmp_path):
-    from fastdrag.shapes import EXAMPLE_CASE
+    from fastdrag.apps.shapes import EXAMPLE_CASE
 
     tool = load_tool("make_readme_pictures")
     command = "fastdrag " + " ".join(tool.readme_command(Path("edited.png"))).replace(f"{ROOT}/", "")

@@ -9,7 +9,7 @@ from oracles import bnni_oracle, field_oracle, relocate_oracle
 from PIL import Image
 
 from fastdrag import warpage
-from fastdrag.frontend import preview_drag
+from fastdrag.apps.frontend import preview_drag
 from fastdrag.inputs import image_to_latent_mask, image_to_latent_points
 from fastdrag.warpage import bnni, fill_null, relocate, warp_latents, warpage_field
 

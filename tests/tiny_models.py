@@ -5,11 +5,14 @@ The VAE has two levels, so ``vae_scale_factor`` is 2, not 8: tests catch any lit
 
 from __future__ import annotations
 
+import importlib.util
+
+import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from fastdrag.testing import SD15_SCHEDULER, SDXL_SCHEDULER, byte_level_tokenizer, write_dragbench  # noqa: F401
+from fastdrag.apps.testing import SD15_SCHEDULER, SDXL_SCHEDULER, byte_level_tokenizer, write_dragbench  # noqa: F401
 
 
 IMAGE_SIZE = 32  # pixels; the latent is 16 x 16
@@ -124,3 +127,28 @@ def save_tiny_sdxl_model(directory) -> str:
 
     StableDiffusionXLPipeline(**tiny_sdxl_components()).save_pretrained(directory)
     return str(directory)
+
+
+# --------------------------------------------------------------------------------------------
+# LoRA
+# --------------------------------------------------------------------------------------------
+
+
+def random_lora(model, target_modules: list[str]) -> dict:
+    """Random, non-zero LoRA weights for ``model``, as a PEFT state dict."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(1)
+    # peft's own injection: transformers 5's `add_adapter` asks for a peft newer than any released
+    # (its MIN_PEFT_VERSION), while loading LoRA weights works from peft 0.19.
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=target_modules, init_lora_weights=False), model)
+    return get_peft_model_state_dict(model)
+
+
+def peft_missing() -> bool:
+    return importlib.util.find_spec("peft") is None
+
+
+# LoRA is the [lora] extra: the oldest supported combination is tested without it.
+needs_peft = pytest.mark.skipif(peft_missing(), reason="LoRA needs peft (the [lora] extra)")

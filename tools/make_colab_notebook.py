@@ -54,7 +54,7 @@ mask = Image.new("L", (SIZE, SIZE), 0)
 disc(ImageDraw.Draw(mask), (0.45 * SIZE, 0.5 * SIZE), 0.3 * SIZE, 255)
 handle, target = (0.4 * SIZE, 0.5 * SIZE), (0.55 * SIZE, 0.45 * SIZE)"""),
     ("markdown", "## The pixel preview (instant, no model)"),
-    ("code", """from fastdrag.frontend import draw_arrows, preview_drag
+    ("code", """from fastdrag.apps.frontend import draw_arrows, preview_drag
 
 preview = preview_drag(image, mask, [handle], [target])
 draw_arrows(preview, [(handle, target)])"""),

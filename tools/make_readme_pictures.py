@@ -1,6 +1,6 @@
 """Write the README's example and the pictures its first command makes (nothing here is drawn by hand).
 
-- ``examples/drag_me.png``, ``examples/drag_me_mask.png``: ``fastdrag.shapes.EXAMPLE_CASE`` rendered;
+- ``examples/drag_me.png``, ``examples/drag_me_mask.png``: ``fastdrag.apps.shapes.EXAMPLE_CASE`` rendered;
 - ``docs/images/drag_me_drag.png``: the input with its drag drawn;
 - ``docs/images/drag_me_edited.png``: the output of the README's first command, run on the CPU;
 - ``docs/images/drag_me_truth.png``: the scene with the disc truly moved, for comparison.
@@ -19,9 +19,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from fastdrag.cli import main as fastdrag
-from fastdrag.frontend import draw_arrows
-from fastdrag.shapes import EXAMPLE_CASE, render, to_uint8
+from fastdrag.apps.cli import main as fastdrag
+from fastdrag.apps.frontend import draw_arrows
+from fastdrag.apps.shapes import EXAMPLE_CASE, render, to_uint8
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..inputs import DEFAULT_FILL, DEFAULT_MODE
+from ..warpage import edit_latents
 from .dragbench import EDITED_FILE, META_FILE, find_samples, load_meta, write_sample
-from .inputs import DEFAULT_FILL, DEFAULT_MODE
-from .warpage import edit_latents
 
 
 IMAGE_SIZE = 64

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .compat import from_pretrained_dtype
+from ..compat import from_pretrained_dtype
+from ..inputs import image_to_tensor
 from .dragbench import find_samples, is_done, load_sample, read_results
-from .inputs import image_to_tensor
 
 
 DIFT_MODEL = "stabilityai/stable-diffusion-2-1"

@@ -171,7 +171,7 @@ def capture_by_rerunning(fn, inputs: dict[str, torch.Tensor], cache) -> tuple:
     """A stand-in for ``cuda_graphs.capture_cuda_graph``: the first call's ``fn`` and static inputs,
     run again on every replay into fixed outputs. Like a CUDA graph, it sees later calls only
     through the static inputs it was given."""
-    from .cuda_graphs import as_tuple
+    from ..cuda_graphs import as_tuple
 
     outputs = as_tuple(fn(**inputs))
 

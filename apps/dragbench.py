@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .inputs import (
+from ..inputs import (
     DEFAULT_FILL,
     DEFAULT_MODE,
     DEFAULT_STEPS,
@@ -881,7 +881,7 @@ def run_dragbench(
     """
     from accelerate import PartialState
 
-    from . import __version__
+    from .. import __version__
 
     # The processes only coordinate (one barrier, the split), so they form a CPU (gloo) group
     # whatever devices they edit on: a GPU group would need a GPU per process (two processes on one

@@ -10,11 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .app import DEFAULT_CACHE_MIB, DEFAULT_MAX_SIDE, MIN_MAX_SIDE, PipelineHolder, build_app, launch
-from .compat import from_pretrained_dtype
-from .frontend import draw_arrows, first_line, format_phases, preview_drag
-from .inputs import (
+from .. import __version__
+from ..compat import from_pretrained_dtype
+from ..inputs import (
     DEFAULT_FILL,
     DEFAULT_MODE,
     DEFAULT_STEPS,
@@ -31,7 +29,9 @@ from .inputs import (
     check_seed,
     mask_to_tensor,
 )
-from .inputs import open_image as open_image_file
+from ..inputs import open_image as open_image_file
+from .app import DEFAULT_CACHE_MIB, DEFAULT_MAX_SIDE, MIN_MAX_SIDE, PipelineHolder, build_app, launch
+from .frontend import draw_arrows, first_line, format_phases, preview_drag
 from .shapes import SHAPEDRAG_COUNT, SHAPEDRAG_SEED
 
 
@@ -257,7 +257,7 @@ def check_schedule_options(args, model_offline: bool) -> None:
         if config:
             from diffusers import DDIMScheduler
 
-            from .fastdrag_core import ddim_scheduler_from, inverse_scheduler_from, schedule_timesteps
+            from ..fastdrag_core import ddim_scheduler_from, inverse_scheduler_from, schedule_timesteps
 
             scheduler = ddim_scheduler_from(DDIMScheduler.from_config(config))
             schedule_timesteps(scheduler, inverse_scheduler_from(scheduler), args.steps, steps)
@@ -347,7 +347,7 @@ def check_model_sources(args) -> bool:
 def load_pipeline(model: str, unet: str | None, dtype, local_files_only: bool = False):
     from diffusers import UNet2DConditionModel
 
-    from .pipeline_fastdrag import StableDiffusionFastDragPipeline
+    from ..pipeline_fastdrag import StableDiffusionFastDragPipeline
 
     name = model
     load = {**from_pretrained_dtype(dtype), "local_files_only": local_files_only}

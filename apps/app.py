@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .frontend import draw_arrows, first_line, format_phases, preview_drag
-from .inputs import (
+from ..inputs import (
     DEFAULT_FILL,
     DEFAULT_MODE,
     DEFAULT_STEPS,
@@ -39,6 +38,7 @@ from .inputs import (
     check_pixel_count,
     to_rgb,
 )
+from .frontend import draw_arrows, first_line, format_phases, preview_drag
 
 
 DEFAULT_MAX_SIDE = 512

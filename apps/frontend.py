@@ -7,21 +7,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .inputs import (
-    DEFAULT_FILL,
-    DEFAULT_MODE,
-    check_drag_points,
-    check_edit_mode,
-    check_image,
-    image_to_latent_points,
-    image_to_tensor,
-    mask_to_tensor,
-)
-from .timing import PHASES
-from .warpage import edit_latents
+from ..inputs import DEFAULT_FILL, DEFAULT_MODE, MAX_UPLOAD_PIXELS, check_edit_inputs, image_to_latent_points
+from ..timing import PHASES
+from ..warpage import edit_latents
 
 
-def preview_drag(image, mask, handle_points, target_points, fill: str = DEFAULT_FILL, mode: str = DEFAULT_MODE):
+def preview_drag(
+    image, mask, handle_points, target_points, fill: str = DEFAULT_FILL, mode: str = DEFAULT_MODE,
+    max_image_pixels: int = MAX_UPLOAD_PIXELS,
+):
     """Edit the RGB pixels themselves at image resolution, as ``mode`` edits the latent: an
     instant, model-free preview (a move or copy offset is whole pixels here, whole latent pixels in
     the pipeline).
@@ -30,17 +24,15 @@ def preview_drag(image, mask, handle_points, target_points, fill: str = DEFAULT_
         image: any image the pipeline takes (PIL, ``(H, W, 3)`` array, ``(3, H, W)`` tensor, ...).
         mask: ``(H, W)`` mask as the pipeline takes it; ``None`` = the whole image.
         handle_points, target_points: ``(K, 2)`` image ``(x, y)`` pixels.
+        max_image_pixels: a larger image is refused from its size (the editor's upload limit by default).
 
     Returns:
         The warped image: a float tensor shaped like ``image`` for a tensor, a uint8 ``(H, W, 3)``
         array for an array, an RGB PIL image otherwise.
     """
-    size = check_image(image)
-    handles_xy, _ = check_drag_points(handle_points, target_points, size)
-    check_edit_mode(mode, len(handles_xy), object_given=mask is not None)
-    pixels = image_to_tensor(image)
-    handles, targets = image_to_latent_points(handle_points, 1), image_to_latent_points(target_points, 1)
-    warped = edit_latents(pixels, mask_to_tensor(mask, size), handles, targets, mode, fill, validate=False)
+    edit = check_edit_inputs(image, handle_points, target_points, mask, mode, fill, max_image_pixels=max_image_pixels)
+    handles, targets = image_to_latent_points(edit.handles, 1), image_to_latent_points(edit.targets, 1)
+    warped = edit_latents(edit.pixels, edit.mask, handles, targets, mode, fill, validate=False)
     if isinstance(image, torch.Tensor):
         return warped.reshape(image.shape).to(image.dtype)
     array = (warped[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
