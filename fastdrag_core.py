@@ -15,21 +15,21 @@ file imports every module this one imports.
 """
 
 import contextlib
+import contextvars
 import functools
 import inspect
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler, SchedulerMixin
-from diffusers.utils import logging
+from diffusers.utils import USE_PEFT_BACKEND, logging, scale_lora_layers, unscale_lora_layers
 
 from .attention_processors import RECORD, REPLAY, KVBank, KVState, fastdrag_attention, fastdrag_processors, kv_shapes
-from .compat import from_pretrained_dtype
 from .cuda_graphs import DEFAULT_MAX_GRAPHS, GraphCache
 from .inputs import (
     DEFAULT_STEPS,
@@ -56,6 +56,8 @@ logger = logging.get_logger(__name__)
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # Far beyond any useful value: a bound that keeps huge values (1e308) from overflowing into NaN.
 MAX_GUIDANCE_SCALE = 100.0
+# A call's embedding arguments -> the tensor of a Conditioning they stand for (Conditioning.tensors("")).
+EMBEDDING_ARGUMENTS = {"prompt_embeds": "prompt_embeds", "pooled_prompt_embeds": "added.text_embeds"}
 # The components whose weights an inversion belongs to (those a pipeline lacks count as None).
 FINGERPRINTED = ("unet", "vae", "text_encoder", "text_encoder_2")
 
@@ -184,6 +186,8 @@ class LatentEdit:
 # --------------------------------------------------------------------------------------------
 
 
+# Set while from_pipe builds a pipeline whose components keep their own dtypes.
+_KEEPING_DTYPES: contextvars.ContextVar[bool] = contextvars.ContextVar("fastdrag_keeping_dtypes", default=False)
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
@@ -303,9 +307,10 @@ def schedule_timesteps(
     return inversion, sampling
 
 
-def check_embeddings(embeds, name: str, ndim: int) -> None:
+def check_embeddings(embeds, name: str, ndim: int, width: int | None = None) -> None:
     """``embeds``, when given, is a tensor of one image: ``(1, tokens, dim)`` for ``ndim`` 3 (text
-    encoder hidden states), ``(1, dim)`` for 2 (a pooled embedding)."""
+    encoder hidden states), ``(1, dim)`` for 2 (a pooled embedding); ``dim`` is ``width`` when given
+    (what the UNet takes)."""
     if embeds is None:
         return
     shape = "(1, tokens, dim)" if ndim == 3 else "(1, dim)"
@@ -314,20 +319,37 @@ def check_embeddings(embeds, name: str, ndim: int) -> None:
             f"`{name}` must be a {shape} tensor (one image), got "
             f"{tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__}"
         )
+    if width is not None and embeds.shape[-1] != width:
+        raise ValueError(f"`{name}` must be {width} wide (what this UNet takes), got {tuple(embeds.shape)}")
     check_holds_data(embeds, name)
 
 
-def checked_callback_latents(new, latents: torch.Tensor) -> torch.Tensor:
-    """Latents a callback returned must be a tensor like the ones it was given."""
-    if not isinstance(new, torch.Tensor) or (new.shape, new.dtype, new.device) != (
-        latents.shape, latents.dtype, latents.device
-    ):
+def check_text_or_embeddings(texts: dict[str, Any], name: str, embeds) -> None:
+    """A text (any of ``texts``, by argument name) and the embeddings ``name`` that stand for it are
+    not both given."""
+    given = [text_name for text_name, text in texts.items() if text is not None]
+    if embeds is not None and given:
+        raise ValueError(f"Cannot forward both `{given[0]}` and `{name}`: give one of them")
+
+
+def check_same_shape(first, first_name: str, second, second_name: str) -> None:
+    """Two embeddings that go into one guided UNet call, when both are given, have one shape."""
+    if first is not None and second is not None and first.shape != second.shape:
+        raise ValueError(
+            f"`{first_name}` and `{second_name}` must have the same shape, got {tuple(first.shape)} and "
+            f"{tuple(second.shape)}"
+        )
+
+
+def checked_callback_tensor(new, given: torch.Tensor, name: str) -> torch.Tensor:
+    """A tensor a callback returned for ``name`` must be like the one it was given."""
+    if not isinstance(new, torch.Tensor) or (new.shape, new.dtype, new.device) != (given.shape, given.dtype, given.device):
         described = f"of shape {tuple(new.shape)}, {new.dtype} on {new.device}" if isinstance(new, torch.Tensor) else (
             f"of type {type(new).__name__}"
         )
         raise ValueError(
-            f"`callback_on_step_end` returned `latents` {described}; expected shape {tuple(latents.shape)}, "
-            f"{latents.dtype} on {latents.device}"
+            f"`callback_on_step_end` returned `{name}` {described}; expected shape {tuple(given.shape)}, "
+            f"{given.dtype} on {given.device}"
         )
     return new
 
@@ -409,7 +431,7 @@ class AttentionReplay:
         return (
             tuple(p.data_ptr() for p in unet.parameters()),
             tuple(map(id, unet.attn_processors.values())),
-            *map(id, schedulers),
+            *((id(scheduler), id(scheduler.config)) for scheduler in schedulers),
         )
 
 
@@ -440,14 +462,27 @@ class FastDragMixin:
 
     @classmethod
     def from_pipe(cls, pipeline, **kwargs):
-        """Build from another pipeline's components (shared, not copied), keeping their dtype.
+        """Build from another pipeline's components (shared, not copied), keeping their dtypes.
 
-        Diffusers 0.42's ``from_pipe`` casts to float32 unless a dtype is given, and since the
-        components are shared that would convert the source pipeline too.
+        Diffusers' ``from_pipe`` casts every component to one dtype (from 0.36, float32 unless one
+        is given), and since the components are shared that would convert the source pipeline too,
+        an SDXL pipeline's float32 VAE beside its float16 UNet among them. Without a dtype asked for,
+        each component keeps its own.
         """
-        if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
-            kwargs.update(from_pretrained_dtype(pipeline.dtype))
-        return super().from_pipe(pipeline, **kwargs)
+        if kwargs.get("dtype") is not None or kwargs.get("torch_dtype") is not None:
+            return super().from_pipe(pipeline, **kwargs)
+        token = _KEEPING_DTYPES.set(True)
+        try:
+            return super().from_pipe(pipeline, **kwargs)
+        finally:
+            _KEEPING_DTYPES.reset(token)
+
+    def to(self, *args, **kwargs):
+        """As Diffusers' ``to``; inside :meth:`from_pipe` without a dtype asked for, its cast to one
+        dtype (``to(dtype=...)``, nothing else) is skipped."""
+        if _KEEPING_DTYPES.get() and not args and set(kwargs) == {"dtype"}:
+            return self
+        return super().to(*args, **kwargs)
 
     def enable_cuda_graphs(self, max_graphs: int = DEFAULT_MAX_GRAPHS) -> None:
         r"""
@@ -518,6 +553,26 @@ class FastDragMixin:
     def _phase(self, name: str) -> contextlib.AbstractContextManager[None]:
         return self._clock.phase(name, self._execution_device)
 
+    def text_phase(self, encodes: bool) -> contextlib.AbstractContextManager[None]:
+        """The text phase, timed only when the text encoders run (not for given embeddings)."""
+        return self._phase("text") if encodes else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def lora_scaled(self, encoders: list, lora_scale: float | None) -> Iterator[None]:
+        """The text encoders' LoRA layers at ``lora_scale`` for the ``with`` body (PEFT backend), as
+        Diffusers' pipelines scale them in ``encode_prompt``."""
+        if lora_scale is None or not USE_PEFT_BACKEND:
+            yield
+            return
+        self._lora_scale = lora_scale
+        for encoder in encoders:
+            scale_lora_layers(encoder, lora_scale)
+        try:
+            yield
+        finally:
+            for encoder in encoders:
+                unscale_lora_layers(encoder, lora_scale)
+
     @property
     def _unwrapped_unet(self):
         """The UNet module itself, also when ``torch.compile`` has wrapped it."""
@@ -567,17 +622,25 @@ class FastDragMixin:
         Raises ``ValueError`` unless sampling visits exactly the inversion's timesteps in reverse:
         otherwise no recorded key/value would be replayed and the zero-noise round trip breaks.
         """
+        if not isinstance(self.scheduler, DDIMScheduler):
+            raise ValueError(
+                f"`pipe.scheduler` is a {type(self.scheduler).__name__}, but FastDrag samples with DDIM: set "
+                "`pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)` (the pipeline converts the "
+                "scheduler it is built with, not one set later)"
+            )
         steps = check_schedule(num_inference_steps, inversion_strength, self.scheduler.config.num_train_timesteps)
         self.timesteps_for(int(num_inference_steps), steps)
         return steps
 
     def check_inversion(
-        self, inversion, image, conditions: dict[str, Any], prompt_embeds, num_inference_steps, inversion_strength,
-        preserve_consistency, max_image_pixels: int = MAX_IMAGE_PIXELS,
+        self, inversion, image, conditions: dict[str, Any], embeddings: dict[str, torch.Tensor | None],
+        num_inference_steps, inversion_strength, preserve_consistency, max_image_pixels: int = MAX_IMAGE_PIXELS,
     ) -> None:
         """``inversion`` must come from ``invert`` of this pipeline's models and agree with the call:
-        the same image (when one is given), the same ``conditions`` (prompts, SDXL's sizes: each
-        given one must equal the inversion's) and schedule."""
+        the same image (when one is given); the same ``conditions`` (prompts, SDXL's sizes: each
+        given one must equal the inversion's); the same ``embeddings`` (by argument name, see
+        :data:`EMBEDDING_ARGUMENTS`; ``negative_*`` ones only of the same shape); the same schedule (a
+        strength is compared by the steps it makes)."""
         if not isinstance(inversion, FastDragInversion):
             raise TypeError(f"`inversion` must come from `pipe.invert(...)`, got {type(inversion).__name__}")
         if image is not None:
@@ -589,18 +652,31 @@ class FastDragMixin:
                     "`image` differs from the image `inversion` was made from: leave `image` out to drag the "
                     "inverted image, or invert the new one with `pipe.invert`"
                 )
-        given = {**conditions, "num_inference_steps": num_inference_steps, "inversion_strength": inversion_strength}
-        own = {**inversion.conditions, "num_inference_steps": inversion.num_inference_steps,
-               "inversion_strength": inversion.inversion_strength}
-        for name, value in given.items():
-            if value is not None and value != own.get(name):
+        for name, value in conditions.items():
+            if value is not None and value != inversion.conditions.get(name):
                 raise ValueError(
-                    f"`{name}`={value!r} differs from the inversion's {own.get(name)!r}: leave it out, or invert again"
+                    f"`{name}`={value!r} differs from the inversion's {inversion.conditions.get(name)!r}: "
+                    "leave it out, or invert again"
                 )
-        if prompt_embeds is not None and not torch.equal(
-            prompt_embeds.to(inversion.prompt_embeds), inversion.prompt_embeds
-        ):
-            raise ValueError("`prompt_embeds` differ from the inversion's: leave them out, or invert again")
+        if num_inference_steps is not None and int(num_inference_steps) != inversion.num_inference_steps:
+            raise ValueError(
+                f"`num_inference_steps`={num_inference_steps!r} differs from the inversion's "
+                f"{inversion.num_inference_steps}: leave it out, or invert again"
+            )
+        steps = len(inversion.timesteps)
+        if inversion_strength is not None and round(float(inversion_strength) * inversion.num_inference_steps) != steps:
+            raise ValueError(
+                f"`inversion_strength`={inversion_strength!r} differs from the inversion's {inversion.inversion_strength!r} "
+                f"({steps} of {inversion.num_inference_steps} steps): leave it out, or invert again"
+            )
+        own = inversion.conditioning.tensors("")
+        for name, given in embeddings.items():
+            positive = name.removeprefix("negative_")
+            recorded = own[EMBEDDING_ARGUMENTS[positive]]
+            if name != positive:  # a negative prompt may change; it must fit the recorded conditioning
+                check_same_shape(recorded, f"{positive} of the inversion", given, name)
+            elif given is not None and not torch.equal(given.to(recorded), recorded):
+                raise ValueError(f"`{name}` differ from the inversion's: leave them out, or invert again")
         if preserve_consistency and inversion.kv_bank is None:
             raise ValueError(
                 "`inversion` holds no keys/values (made with preserve_consistency=False); "
@@ -760,28 +836,34 @@ class FastDragMixin:
             kv.mode = REPLAY
         cond = Conditioning.from_tensors(conditioning, "cond_")
         uncond = Conditioning.from_tensors(conditioning, "uncond_")
-        unet_kwargs = (cond.batched_after(uncond) if uncond is not None else cond).unet_kwargs()
+        batched = cond.batched_after(uncond).unet_kwargs() if uncond is not None else None
         last = len(steps) - 1
         for i, t in enumerate(steps):
             if self.interrupt:
                 continue
             if kv is not None:
                 kv.step.fill_(last - i)
-            model_input = torch.cat([latents] * 2) if uncond is not None else latents
-            noise_pred = self.unet(model_input, timesteps[i], **unet_kwargs, return_dict=False)[0]
-            if uncond is not None:
+            # A callback may turn guidance off (Diffusers' CFG cutoff sets the scale to 0): then the
+            # conditional half runs alone. A host value, so captured graphs keep their one branch.
+            guided = batched is not None and self.do_classifier_free_guidance
+            model_input = torch.cat([latents] * 2) if guided else latents
+            noise_pred = self.unet(model_input, timesteps[i], **(batched if guided else cond.unet_kwargs()),
+                                   return_dict=False)[0]
+            if guided:
                 noise_uncond, noise_text = noise_pred.chunk(2)
                 noise_pred = noise_uncond + self.guidance_scale * (noise_text - noise_uncond)
             latents = self.scheduler.step(noise_pred, t, latents, eta=0.0, return_dict=False)[0]
 
             if callback_on_step_end is not None:
+                # `prompt_embeds` is the conditional half, as the SD pipeline's own tensor inputs.
                 callback_kwargs = {"latents": latents, "prompt_embeds": cond.prompt_embeds}
                 callback_kwargs = {k: callback_kwargs[k] for k in callback_on_step_end_tensor_inputs}
                 callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                latents = checked_callback_latents(callback_outputs.pop("latents", latents), latents)
+                latents = checked_callback_tensor(callback_outputs.pop("latents", latents), latents, "latents")
                 if "prompt_embeds" in callback_outputs:
-                    cond = Conditioning(callback_outputs.pop("prompt_embeds"), cond.added)
-                    unet_kwargs = (cond.batched_after(uncond) if uncond is not None else cond).unet_kwargs()
+                    embeds = callback_outputs.pop("prompt_embeds")
+                    cond = Conditioning(checked_callback_tensor(embeds, cond.prompt_embeds, "prompt_embeds"), cond.added)
+                    batched = cond.batched_after(uncond).unet_kwargs() if uncond is not None else None
             if on_step is not None:
                 on_step()
         return latents

@@ -6,7 +6,6 @@ takes the one pipeline class defined or imported here; for SDXL, a Hub repo's `p
 """
 
 from .attention_processors import FastDragAttnProcessor  # noqa: F401
-from .compat import from_pretrained_dtype  # noqa: F401
 from .cuda_graphs import GraphCache  # noqa: F401
 from .fastdrag_core import FastDragInversion  # noqa: F401
 from .inputs import image_to_tensor  # noqa: F401

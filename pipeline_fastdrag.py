@@ -9,7 +9,6 @@ Loadable as a package (``from fastdrag import StableDiffusionFastDragPipeline``)
 each sibling module it uses directly, as Diffusers' local loading copies only those.
 """
 
-import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -22,18 +21,19 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLo
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-from diffusers.utils import USE_PEFT_BACKEND, replace_example_docstring, scale_lora_layers, unscale_lora_layers
+from diffusers.utils import replace_example_docstring
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
 
 # Every sibling the core imports is imported here too: Diffusers copies only this file's own imports.
 from .attention_processors import FastDragAttnProcessor  # noqa: F401
-from .compat import from_pretrained_dtype  # noqa: F401
 from .cuda_graphs import GraphCache  # noqa: F401
 from .fastdrag_core import (
     Conditioning,
     FastDragInversion,
     FastDragMixin,
     check_embeddings,
+    check_same_shape,
+    check_text_or_embeddings,
     ddim_scheduler_from,
     one_call_at_a_time,
     to_device,
@@ -174,39 +174,46 @@ class StableDiffusionFastDragPipeline(
         """Raise ``ValueError`` or ``TypeError`` on anything a caller can get wrong, before any model
         runs; return the image, mask and drags checked and converted (see ``inputs.EditInputs``)."""
         self.check_prompt(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, inversion is not None)
-        if inversion is not None:
-            self.check_inversion(inversion, image, {"prompt": prompt}, prompt_embeds, num_inference_steps,
-                                 inversion_strength, preserve_consistency, max_image_pixels)
-        edit = self.check_edit(image, handle_points, target_points, mask, fill, mode, inversion, max_image_pixels,
-                               max_drags)
         self.check_schedule(
             DEFAULT_STEPS if num_inference_steps is None else num_inference_steps,
             DEFAULT_STRENGTH if inversion_strength is None else inversion_strength,
         )
+        if inversion is not None:
+            self.check_inversion(
+                inversion, image, {"prompt": prompt},
+                {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds},
+                num_inference_steps, inversion_strength, preserve_consistency, max_image_pixels,
+            )
+        edit = self.check_edit(image, handle_points, target_points, mask, fill, mode, inversion, max_image_pixels,
+                               max_drags)
         self.check_call_options(
             guidance_scale, preserve_consistency, generator, output_type, callback_on_step_end_tensor_inputs
         )
+        if guidance_scale > 1 and negative_prompt_embeds is None and not self._can_encode_text:
+            raise ValueError(
+                "guidance (`guidance_scale` > 1) needs the negative prompt's embeddings, and this pipeline has no "
+                "text encoder or tokenizer: pass `negative_prompt_embeds`"
+            )
         return edit
+
+    @property
+    def _can_encode_text(self) -> bool:
+        return self.text_encoder is not None and self.tokenizer is not None
 
     def check_prompt(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, cached: bool = False) -> None:
         """Texts are strings; each may be given as text or as embeddings, not both; embeddings are
-        ``(1, tokens, dim)`` tensors; without a text encoder only embeddings will do."""
+        ``(1, tokens, dim)`` tensors as wide as the UNet's cross-attention; without a text encoder
+        only embeddings will do."""
         check_text(prompt, "prompt")
         check_text(negative_prompt, "negative_prompt")
+        width = self.unet.config.cross_attention_dim if self.unet is not None else None
         for text, name, embeds in (
             (prompt, "prompt", prompt_embeds), (negative_prompt, "negative_prompt", negative_prompt_embeds)
         ):
-            if text is not None and embeds is not None:
-                raise ValueError(f"Cannot forward both `{name}` and `{name}_embeds`: give one of them")
-            check_embeddings(embeds, f"{name}_embeds", 3)
-        if prompt_embeds is not None and negative_prompt_embeds is not None and (
-            prompt_embeds.shape != negative_prompt_embeds.shape
-        ):
-            raise ValueError(
-                "`prompt_embeds` and `negative_prompt_embeds` must have the same shape, got "
-                f"{tuple(prompt_embeds.shape)} and {tuple(negative_prompt_embeds.shape)}"
-            )
-        if prompt_embeds is None and not cached and (self.text_encoder is None or self.tokenizer is None):
+            check_text_or_embeddings({name: text}, f"{name}_embeds", embeds)
+            check_embeddings(embeds, f"{name}_embeds", 3, width if isinstance(width, int) else None)
+        check_same_shape(prompt_embeds, "prompt_embeds", negative_prompt_embeds, "negative_prompt_embeds")
+        if prompt_embeds is None and not cached and not self._can_encode_text:
             raise ValueError("this pipeline has no text encoder or tokenizer: pass `prompt_embeds`")
 
     # ----------------------------------------------------------------------------------------
@@ -246,18 +253,11 @@ class StableDiffusionFastDragPipeline(
         """
         # Diffusers' own tests pass the device by name ("cpu").
         device = torch.device(device) if device is not None else self._execution_device
-        scaled = lora_scale is not None and USE_PEFT_BACKEND and self.text_encoder is not None
-        if scaled:
-            self._lora_scale = lora_scale
-            scale_lora_layers(self.text_encoder, lora_scale)
-        try:
+        with self.lora_scaled([self.text_encoder] if self.text_encoder is not None else [], lora_scale):
             if prompt_embeds is None:
                 prompt_embeds = self._encode_text(prompt or "", device, clip_skip)
             if do_classifier_free_guidance and negative_prompt_embeds is None:
                 negative_prompt_embeds = self._encode_text(negative_prompt or "", device, None, prompt_embeds.shape[1])
-        finally:
-            if scaled:
-                unscale_lora_layers(self.text_encoder, lora_scale)
         dtype = next((m.dtype for m in (self.text_encoder, self.unet) if m is not None), prompt_embeds.dtype)
         prompt_embeds = prompt_embeds.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, 0)
         if not do_classifier_free_guidance:
@@ -300,12 +300,11 @@ class StableDiffusionFastDragPipeline(
         prompt_embeds: torch.Tensor | None,
         negative_prompt_embeds: torch.Tensor | None,
         device: torch.device,
+        guided: bool,
     ) -> tuple[Conditioning, Conditioning | None]:
         """:meth:`encode_prompt` for one image, timed as the text phase when it encodes anything:
-        the conditioning, and under guidance the unconditional one."""
-        guided = self.do_classifier_free_guidance
-        encodes = prompt_embeds is None or (guided and negative_prompt_embeds is None)
-        with self._phase("text") if encodes else contextlib.nullcontext():
+        the conditioning, and when ``guided`` the unconditional one."""
+        with self.text_phase(prompt_embeds is None or (guided and negative_prompt_embeds is None)):
             embeds, negative = self.encode_prompt(
                 prompt, device, 1, guided, negative_prompt, prompt_embeds, negative_prompt_embeds
             )
@@ -336,7 +335,7 @@ class StableDiffusionFastDragPipeline(
         self.check_schedule(num_inference_steps, inversion_strength)
         prompt = None if prompt_embeds is not None else prompt or ""
         schedule = self.schedule(num_inference_steps, inversion_strength)
-        cond, _ = self._conditioning(prompt, None, prompt_embeds, None, self._execution_device)
+        cond, _ = self._conditioning(prompt, None, prompt_embeds, None, self._execution_device, guided=False)
         inversion = self.make_inversion(
             image_to_tensor(image), cond, {"prompt": prompt}, schedule, inversion_strength, preserve_consistency
         )
@@ -460,7 +459,9 @@ class StableDiffusionFastDragPipeline(
         kv, graphs = self.prepare_replay(device, edit.size, schedule.steps, preserve_consistency)
 
         # 4. Encode input prompt.
-        cond, uncond = self._conditioning(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, device)
+        cond, uncond = self._conditioning(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, device, self.do_classifier_free_guidance
+        )
 
         # 5. Encode the image and invert it, recording keys/values; or load the cached inversion.
         latents = self.inverted_latents(latent_edit, inversion, cond, schedule, kv, graphs, device)

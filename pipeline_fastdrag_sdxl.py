@@ -25,18 +25,19 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import StableDiffusionXLLoraLoaderMixin, TextualInversionLoaderMixin
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOutput
-from diffusers.utils import USE_PEFT_BACKEND, replace_example_docstring, scale_lora_layers, unscale_lora_layers
+from diffusers.utils import replace_example_docstring
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 # Every sibling the core imports is imported here too: Diffusers copies only this file's own imports.
 from .attention_processors import FastDragAttnProcessor  # noqa: F401
-from .compat import from_pretrained_dtype  # noqa: F401
 from .cuda_graphs import GraphCache  # noqa: F401
 from .fastdrag_core import (
     Conditioning,
     FastDragInversion,
     FastDragMixin,
     check_embeddings,
+    check_same_shape,
+    check_text_or_embeddings,
     ddim_scheduler_from,
     one_call_at_a_time,
     to_device,
@@ -78,12 +79,12 @@ EXAMPLE_DOC_STRING = """
         ```
 """
 
-# The inversion's call arguments that decide its conditioning (a re-drag must not give others).
-CONDITIONS = ("prompt", "prompt_2", "original_size", "crops_coords_top_left", "target_size")
+# SDXL's micro-conditioning arguments, each a pair of pixels.
+SIZES = ("original_size", "crops_coords_top_left", "target_size")
 
 
-def check_size_pair(value, name: str, minimum: int) -> tuple[int, int] | None:
-    """``value``, when given, as a ``(height, width)`` (or ``(top, left)``) pair of integers >= ``minimum``."""
+def check_size_pair(value, name: str, minimum: int, order: str = "(height, width)") -> tuple[int, int] | None:
+    """``value``, when given, as a pair of integers >= ``minimum`` in ``order``."""
     if value is None:
         return None
     if (
@@ -91,7 +92,7 @@ def check_size_pair(value, name: str, minimum: int) -> tuple[int, int] | None:
         or len(value) != 2
         or not all(is_integer(v) and minimum <= v <= 2**20 for v in value)
     ):
-        raise ValueError(f"`{name}` must be two integers in [{minimum}, {2**20}], as (height, width), got {value!r}")
+        raise ValueError(f"`{name}` must be two integers in [{minimum}, {2**20}], as {order}, got {value!r}")
     return int(value[0]), int(value[1])
 
 
@@ -197,20 +198,32 @@ class StableDiffusionXLFastDragPipeline(
             prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
             pooled_prompt_embeds, negative_pooled_prompt_embeds, inversion is not None,
         )
-        sizes = self.check_sizes(original_size, crops_coords_top_left, target_size)
-        if inversion is not None:
-            conditions = {"prompt": prompt, "prompt_2": prompt_2, **sizes}
-            self.check_inversion(inversion, image, conditions, prompt_embeds, num_inference_steps,
-                                 inversion_strength, preserve_consistency, max_image_pixels)
-        edit = self.check_edit(image, handle_points, target_points, mask, fill, mode, inversion, max_image_pixels,
-                               max_drags)
         self.check_schedule(
             DEFAULT_STEPS if num_inference_steps is None else num_inference_steps,
             DEFAULT_STRENGTH if inversion_strength is None else inversion_strength,
         )
+        sizes = self.check_sizes(original_size, crops_coords_top_left, target_size)
+        if inversion is not None:
+            self.check_inversion(
+                inversion, image, {"prompt": prompt, "prompt_2": prompt_2, **sizes},
+                {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled_prompt_embeds,
+                 "negative_prompt_embeds": negative_prompt_embeds,
+                 "negative_pooled_prompt_embeds": negative_pooled_prompt_embeds},
+                num_inference_steps, inversion_strength, preserve_consistency, max_image_pixels,
+            )
+        edit = self.check_edit(image, handle_points, target_points, mask, fill, mode, inversion, max_image_pixels,
+                               max_drags)
         self.check_call_options(
             guidance_scale, preserve_consistency, generator, output_type, callback_on_step_end_tensor_inputs
         )
+        zeros = negative_prompt is None and negative_prompt_2 is None and self.config.force_zeros_for_empty_prompt
+        if guidance_scale > 1 and negative_prompt_embeds is None and not zeros and self.text_encoder_2 is None:
+            raise ValueError(
+                "guidance (`guidance_scale` > 1) with a negative prompt needs the text encoders, and this pipeline "
+                "has none: pass `negative_prompt_embeds` and `negative_pooled_prompt_embeds`"
+            )
+        for pooled in (pooled_prompt_embeds if inversion is None else None, negative_pooled_prompt_embeds):
+            self.check_added_conditioning(pooled)
         return edit
 
     def check_prompt(
@@ -223,37 +236,50 @@ class StableDiffusionXLFastDragPipeline(
         for name, text in (("prompt", prompt), ("prompt_2", prompt_2), ("negative_prompt", negative_prompt),
                            ("negative_prompt_2", negative_prompt_2)):
             check_text(text, name)
+        width = self.unet.config.cross_attention_dim if self.unet is not None else None
         for texts, embeds, pooled, prefix in (
-            ((prompt, prompt_2), prompt_embeds, pooled_prompt_embeds, ""),
-            ((negative_prompt, negative_prompt_2), negative_prompt_embeds, negative_pooled_prompt_embeds, "negative_"),
+            ({"prompt": prompt, "prompt_2": prompt_2}, prompt_embeds, pooled_prompt_embeds, ""),
+            ({"negative_prompt": negative_prompt, "negative_prompt_2": negative_prompt_2}, negative_prompt_embeds,
+             negative_pooled_prompt_embeds, "negative_"),
         ):
-            if embeds is not None and any(text is not None for text in texts):
+            check_text_or_embeddings(texts, f"{prefix}prompt_embeds", embeds)
+            if (embeds is None) != (pooled is None):
                 raise ValueError(
-                    f"Cannot forward both `{prefix}prompt` (or `{prefix}prompt_2`) and `{prefix}prompt_embeds`: "
-                    "give one of them"
+                    f"`{prefix}prompt_embeds` and `{prefix}pooled_prompt_embeds` go together (both come from "
+                    "`pipe.encode_prompt`): give both or neither"
                 )
-            if embeds is not None and pooled is None:
-                raise ValueError(
-                    f"`{prefix}prompt_embeds` need `{prefix}pooled_prompt_embeds` (both come from `pipe.encode_prompt`)"
-                )
-            check_embeddings(embeds, f"{prefix}prompt_embeds", 3)
+            check_embeddings(embeds, f"{prefix}prompt_embeds", 3, width if isinstance(width, int) else None)
             check_embeddings(pooled, f"{prefix}pooled_prompt_embeds", 2)
-        if prompt_embeds is not None and negative_prompt_embeds is not None and (
-            prompt_embeds.shape != negative_prompt_embeds.shape
-        ):
-            raise ValueError(
-                "`prompt_embeds` and `negative_prompt_embeds` must have the same shape, got "
-                f"{tuple(prompt_embeds.shape)} and {tuple(negative_prompt_embeds.shape)}"
-            )
+        check_same_shape(prompt_embeds, "prompt_embeds", negative_prompt_embeds, "negative_prompt_embeds")
+        check_same_shape(pooled_prompt_embeds, "pooled_prompt_embeds", negative_pooled_prompt_embeds,
+                         "negative_pooled_prompt_embeds")
         if prompt_embeds is None and not cached and self.text_encoder_2 is None:
             raise ValueError("this pipeline has no text encoders: pass `prompt_embeds` and `pooled_prompt_embeds`")
+
+    def check_added_conditioning(self, pooled_prompt_embeds: torch.Tensor | None) -> None:
+        """The UNet's added embedding takes six time ids and the pooled embedding (given, or as wide as
+        ``text_encoder_2``'s projection); a refiner's UNet (an aesthetic score, five ids) is refused."""
+        if pooled_prompt_embeds is not None:
+            pooled_dim = pooled_prompt_embeds.shape[-1]
+        elif self.text_encoder_2 is not None:
+            pooled_dim = self.text_encoder_2.config.projection_dim
+        else:
+            return
+        passed = self.unet.config.addition_time_embed_dim * 6 + pooled_dim
+        expected = self.unet.add_embedding.linear_1.in_features
+        if passed != expected:
+            raise ValueError(
+                f"this UNet takes {expected} added embedding features, but six time ids and a {pooled_dim}-wide "
+                f"pooled text embedding make {passed}: FastDrag takes SDXL base UNets (not the refiner) with their "
+                "second text encoder's pooled embedding"
+            )
 
     @staticmethod
     def check_sizes(original_size, crops_coords_top_left, target_size) -> dict[str, tuple[int, int] | None]:
         """SDXL's micro-conditioning sizes, each ``(height, width)`` (the crop ``(top, left)``), as tuples."""
         return {
             "original_size": check_size_pair(original_size, "original_size", 1),
-            "crops_coords_top_left": check_size_pair(crops_coords_top_left, "crops_coords_top_left", 0),
+            "crops_coords_top_left": check_size_pair(crops_coords_top_left, "crops_coords_top_left", 0, "(top, left)"),
             "target_size": check_size_pair(target_size, "target_size", 1),
         }
 
@@ -278,7 +304,8 @@ class StableDiffusionXLFastDragPipeline(
         clip_skip: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         r"""
-        Encode the prompt (and, under guidance, the negative prompt) as Diffusers' SDXL pipelines do.
+        Encode the prompt (and, under guidance, the negative prompt) as Diffusers' SDXL pipelines do, with
+        one difference: a ``negative_prompt_2`` given alone is encoded, not replaced by zeros.
 
         Args:
             prompt (`str`, *optional*): the text for both encoders; ``None`` with ``prompt_embeds``.
@@ -288,7 +315,8 @@ class StableDiffusionXLFastDragPipeline(
             num_images_per_prompt (`int`): copies along the batch (FastDrag itself uses 1).
             do_classifier_free_guidance (`bool`): also return the negative embeddings.
             negative_prompt, negative_prompt_2 (`str`, *optional*): the unconditional texts. With
-                neither given and ``force_zeros_for_empty_prompt``, the negative embeddings are zeros.
+                neither given and ``force_zeros_for_empty_prompt``, the negative embeddings are zeros
+                (Diffusers' SDXL pipelines look at ``negative_prompt`` alone there).
             prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds
                 (`torch.Tensor`, *optional*): ready embeddings, used as they are.
             lora_scale (`float`, *optional*): scale of the text encoders' LoRA layers, if any.
@@ -302,14 +330,11 @@ class StableDiffusionXLFastDragPipeline(
         """
         device = torch.device(device) if device is not None else self._execution_device
         encoders = [encoder for encoder in (self.text_encoder, self.text_encoder_2) if encoder is not None]
-        scaled = lora_scale is not None and USE_PEFT_BACKEND
-        if scaled:
-            self._lora_scale = lora_scale
-            for encoder in encoders:
-                scale_lora_layers(encoder, lora_scale)
-        try:
+        with self.lora_scaled(encoders, lora_scale):
             if prompt_embeds is None:
                 prompt_embeds, pooled_prompt_embeds = self._encode_texts(prompt or "", prompt_2, device, clip_skip)
+            # Zeros unless a negative text is given. Diffusers' SDXL pipelines look at `negative_prompt`
+            # alone, and then drop a `negative_prompt_2` given without it; here it counts.
             zeros = negative_prompt is None and negative_prompt_2 is None and self.config.force_zeros_for_empty_prompt
             if do_classifier_free_guidance and negative_prompt_embeds is None and zeros:
                 negative_prompt_embeds = torch.zeros_like(prompt_embeds)
@@ -318,10 +343,6 @@ class StableDiffusionXLFastDragPipeline(
                 negative_prompt_embeds, negative_pooled_prompt_embeds = self._encode_texts(
                     negative_prompt or "", negative_prompt_2, device, None, prompt_embeds.shape[1]
                 )
-        finally:
-            if scaled:
-                for encoder in encoders:
-                    unscale_lora_layers(encoder, lora_scale)
         dtype = next((m.dtype for m in (self.text_encoder_2, self.unet) if m is not None), prompt_embeds.dtype)
 
         def batch(tensor: torch.Tensor) -> torch.Tensor:
@@ -351,36 +372,25 @@ class StableDiffusionXLFastDragPipeline(
             hidden.append(output.hidden_states[-(2 + (clip_skip or 0))])
         return torch.cat(hidden, dim=-1), pooled
 
-    def _time_ids(
-        self, original_size: tuple[int, int], crops_coords_top_left: tuple[int, int], target_size: tuple[int, int],
-        pooled_dim: int, device: torch.device, dtype: torch.dtype,
-    ) -> torch.Tensor:
-        """SDXL's ``(1, 6)`` micro-conditioning; raises ``ValueError`` when the UNet expects another
-        count (a refiner's aesthetic score, which FastDrag does not take)."""
-        time_ids = [*original_size, *crops_coords_top_left, *target_size]
-        passed = self.unet.config.addition_time_embed_dim * len(time_ids) + pooled_dim
-        expected = self.unet.add_embedding.linear_1.in_features
-        if passed != expected:
-            raise ValueError(
-                f"this UNet expects {expected} added embedding features, but six time ids and a {pooled_dim}-dim "
-                f"pooled text embedding give {passed}: is it an SDXL base UNet with its second text encoder?"
-            )
+    @staticmethod
+    def _time_ids(sizes: dict[str, tuple[int, int]], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """SDXL's ``(1, 6)`` micro-conditioning: original size, crop ``(top, left)``, target size."""
+        time_ids = [*sizes["original_size"], *sizes["crops_coords_top_left"], *sizes["target_size"]]
         return torch.tensor([time_ids], dtype=dtype, device=device)
 
     def _conditioning(
         self, prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
         pooled_prompt_embeds, negative_pooled_prompt_embeds, sizes: dict[str, tuple[int, int]], device: torch.device,
+        guided: bool,
     ) -> tuple[Conditioning, Conditioning | None]:
         """:meth:`encode_prompt` and the time ids for one image, timed as the text phase when it
-        encodes anything: the conditioning, and under guidance the unconditional one."""
-        guided = self.do_classifier_free_guidance
-        encodes = prompt_embeds is None or (guided and negative_prompt_embeds is None)
-        with self._phase("text") if encodes else contextlib.nullcontext():
+        encodes anything: the conditioning, and when ``guided`` the unconditional one (same time ids)."""
+        with self.text_phase(prompt_embeds is None or (guided and negative_prompt_embeds is None)):
             embeds, negative, pooled, negative_pooled = self.encode_prompt(
                 prompt, prompt_2, device, 1, guided, negative_prompt, negative_prompt_2, prompt_embeds,
                 negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
             )
-        time_ids = self._time_ids(**sizes, pooled_dim=pooled.shape[-1], device=device, dtype=embeds.dtype)
+        time_ids = self._time_ids(sizes, device, embeds.dtype)
         cond = Conditioning(embeds, {"text_embeds": pooled, "time_ids": time_ids})
         if negative is None:
             return cond, None
@@ -436,13 +446,15 @@ class StableDiffusionXLFastDragPipeline(
         """
         size = self.check_image(image, max_image_pixels)
         self.check_prompt(prompt, prompt_2, None, None, prompt_embeds, None, pooled_prompt_embeds, None)
-        sizes = self.resolved_sizes(self.check_sizes(original_size, crops_coords_top_left, target_size), size)
         self.check_schedule(num_inference_steps, inversion_strength)
+        sizes = self.resolved_sizes(self.check_sizes(original_size, crops_coords_top_left, target_size), size)
+        self.check_added_conditioning(pooled_prompt_embeds)
         if prompt_embeds is None:
             prompt = prompt or ""
+            prompt_2 = prompt_2 or prompt  # as encode_prompt reads it, so that a re-drag may repeat it
         schedule = self.schedule(num_inference_steps, inversion_strength)
         cond, _ = self._conditioning(prompt, prompt_2, None, None, prompt_embeds, None, pooled_prompt_embeds, None,
-                                     sizes, self._execution_device)
+                                     sizes, self._execution_device, guided=False)
         conditions = {"prompt": prompt, "prompt_2": prompt_2, **sizes}
         inversion = self.make_inversion(
             image_to_tensor(image), cond, conditions, schedule, inversion_strength, preserve_consistency
@@ -558,8 +570,11 @@ class StableDiffusionXLFastDragPipeline(
 
         # 2. Define call parameters: a cached inversion brings its conditioning and schedule.
         if inversion is not None:
+            prompt, prompt_2, sizes = None, None, {name: inversion.conditions[name] for name in SIZES}
+            prompt_embeds, pooled_prompt_embeds = inversion.prompt_embeds, inversion.conditioning.added["text_embeds"]
             num_inference_steps, inversion_strength = inversion.num_inference_steps, inversion.inversion_strength
-        sizes = self.resolved_sizes(self.check_sizes(original_size, crops_coords_top_left, target_size), edit.size)
+        else:
+            sizes = self.resolved_sizes(self.check_sizes(original_size, crops_coords_top_left, target_size), edit.size)
         schedule = self.schedule(num_inference_steps, inversion_strength)
         self.start_call(guidance_scale, schedule)
         device = self._execution_device
@@ -570,16 +585,10 @@ class StableDiffusionXLFastDragPipeline(
         kv, graphs = self.prepare_replay(device, edit.size, schedule.steps, preserve_consistency)
 
         # 4. Encode input prompt and the added conditioning (pooled embeddings, time ids).
-        if inversion is None:
-            cond, uncond = self._conditioning(
-                prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
-                pooled_prompt_embeds, negative_pooled_prompt_embeds, sizes, device,
-            )
-        else:
-            cond, uncond = self._inversion_conditioning(
-                inversion, negative_prompt, negative_prompt_2, negative_prompt_embeds, negative_pooled_prompt_embeds,
-                device,
-            )
+        cond, uncond = self._conditioning(
+            prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
+            pooled_prompt_embeds, negative_pooled_prompt_embeds, sizes, device, self.do_classifier_free_guidance,
+        )
 
         # 5. Encode the image and invert it, recording keys/values; or load the cached inversion.
         latents = self.inverted_latents(latent_edit, inversion, cond, schedule, kv, graphs, device)
@@ -606,21 +615,3 @@ class StableDiffusionXLFastDragPipeline(
         if not return_dict:
             return (image,)
         return StableDiffusionXLPipelineOutput(images=image)
-
-    def _inversion_conditioning(
-        self, inversion: FastDragInversion, negative_prompt, negative_prompt_2, negative_prompt_embeds,
-        negative_pooled_prompt_embeds, device: torch.device,
-    ) -> tuple[Conditioning, Conditioning | None]:
-        """A cached inversion's conditioning on ``device`` and, under guidance, the negative prompt's
-        with the inversion's time ids."""
-        cond = inversion.conditioning.to(device)
-        if not self.do_classifier_free_guidance:
-            return cond, None
-        pooled = cond.added["text_embeds"]
-        encodes = negative_prompt_embeds is None
-        with self._phase("text") if encodes else contextlib.nullcontext():
-            _, negative, _, negative_pooled = self.encode_prompt(
-                None, None, device, 1, True, negative_prompt, negative_prompt_2, cond.prompt_embeds,
-                negative_prompt_embeds, pooled, negative_pooled_prompt_embeds,
-            )
-        return cond, Conditioning(negative, {"text_embeds": negative_pooled, "time_ids": cond.added["time_ids"]})

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..compat import from_pretrained_dtype
 from ..inputs import (
     DEFAULT_FILL,
     DEFAULT_MODE,
@@ -31,6 +30,7 @@ from ..inputs import (
 )
 from ..inputs import open_image as open_image_file
 from .app import DEFAULT_CACHE_MIB, DEFAULT_MAX_SIDE, MIN_MAX_SIDE, PipelineHolder, build_app, launch
+from .compat import from_pretrained_dtype
 from .frontend import draw_arrows, first_line, format_phases, preview_drag
 from .shapes import SHAPEDRAG_COUNT, SHAPEDRAG_SEED
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..compat import from_pretrained_dtype
 from ..inputs import image_to_tensor
+from .compat import from_pretrained_dtype
 from .dragbench import find_samples, is_done, load_sample, read_results
 
 

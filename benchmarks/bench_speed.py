@@ -43,8 +43,8 @@ from pathlib import Path
 import torch
 
 from fastdrag.apps.cli import DEFAULT_TRAIN_STEPS, DTYPES, UsageError, at_least, pick_device_and_dtype, run_script
+from fastdrag.apps.compat import from_pretrained_dtype
 from fastdrag.apps.testing import capture_by_rerunning, random_sd15_pipeline, write_dragbench
-from fastdrag.compat import from_pretrained_dtype
 from fastdrag.cuda_graphs import GraphCache, capture_cuda_graph
 from fastdrag.inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, check_schedule
 from fastdrag.pipeline_fastdrag import StableDiffusionFastDragPipeline

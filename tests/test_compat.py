@@ -8,20 +8,27 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from tiny_models import save_tiny_model
 
-from fastdrag import StableDiffusionFastDragPipeline
+from fastdrag import StableDiffusionFastDragPipeline, StableDiffusionXLFastDragPipeline
 from fastdrag.apps.cli import load_pipeline
 
 
-def test_the_pipeline_annotations_are_types_that_every_diffusers_reads():
+@pytest.mark.parametrize(
+    "pipeline_class, required",
+    [(StableDiffusionFastDragPipeline, {"vae", "text_encoder", "tokenizer", "unet", "scheduler"}),
+     (StableDiffusionXLFastDragPipeline, {"vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet",
+                                          "scheduler"})],
+    ids=["sd", "sdxl"],
+)
+def test_the_pipeline_annotations_are_types_that_every_diffusers_reads(pipeline_class, required):
     # Diffusers 0.33 to 0.36 skip string annotations (`from __future__ import annotations`) when they
     # collect a pipeline's expected component types, and then fail to load it
     # (KeyError: 'requires_safety_checker'). 0.37 resolves them with get_type_hints.
-    parameters = inspect.signature(StableDiffusionFastDragPipeline.__init__).parameters
+    parameters = inspect.signature(pipeline_class.__init__).parameters
     strings = [name for name, p in parameters.items() if isinstance(p.annotation, str)]
     assert strings == [], f"string annotations in __init__: {strings}"
     # Up to 0.36 only plain classes are collected (a `X | None` is left out), so the required ones.
-    collected = DiffusionPipeline._get_signature_types.__func__(StableDiffusionFastDragPipeline)
-    assert {"vae", "text_encoder", "tokenizer", "unet", "scheduler"} <= set(collected)
+    collected = DiffusionPipeline._get_signature_types.__func__(pipeline_class)
+    assert required <= set(collected)
     assert collected["unet"] == (UNet2DConditionModel,)
 
 

@@ -26,7 +26,7 @@ from fastdrag import StableDiffusionFastDragPipeline
 ROOT = Path(fastdrag.__file__).resolve().parent
 # The pipeline's sibling modules: each imported directly by every entry file (Diffusers copies only
 # those), so that they may import each other.
-SIBLINGS = ("warpage", "attention_processors", "compat", "cuda_graphs", "fastdrag_core", "inputs", "timing")
+SIBLINGS = ("warpage", "attention_processors", "cuda_graphs", "fastdrag_core", "inputs", "timing")
 ENTRY_FILES = ("pipeline.py", "pipeline_fastdrag.py", *(f"{name}.py" for name in SIBLINGS))
 
 

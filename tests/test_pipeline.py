@@ -475,3 +475,45 @@ def test_a_v_prediction_scheduler_inverts_and_samples_back_exactly(prediction_ty
         {**pipe.ddim_inverse_scheduler.config, "prediction_type": other}
     )
     assert (pipe(tiny_image(), **args).images - x0).abs().max() > 0.05
+
+
+# --------------------------------------------------------------------------------------------
+# Guidance turned off by a callback, and calls that must not depend on the call before
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_cfg_cutoff_callback_samples_the_rest_without_guidance(pipe):
+    from diffusers.callbacks import SDCFGCutoffCallback
+
+    batches = []
+    pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    cutoff = SDCFGCutoffCallback(cutoff_step_index=2, cutoff_step_ratio=None)
+    cut = drag(pipe, guidance_scale=3.0, negative_prompt="blurry", callback_on_step_end=cutoff, output_type="np")
+    assert batches == [1] * 7 + [2] * 3 + [1] * 4  # inversion, guided steps 0-2, then the prompt alone
+    guided = drag(pipe, guidance_scale=3.0, negative_prompt="blurry", output_type="np").images
+    assert np.abs(cut.images - guided).max() > 1e-4
+
+
+def test_a_callback_returning_other_prompt_embeds_is_refused(pipe):
+    def double(pipeline, i, t, kwargs):
+        return {"prompt_embeds": torch.cat([kwargs["prompt_embeds"]] * 2)}
+
+    with pytest.raises(ValueError, match="`callback_on_step_end` returned `prompt_embeds` of shape"):
+        drag(pipe, callback_on_step_end=double, callback_on_step_end_tensor_inputs=["prompt_embeds"])
+
+
+def test_invert_does_not_depend_on_the_guidance_of_the_call_before():
+    pipe = StableDiffusionFastDragPipeline(**tiny_components(text_encoder=None, tokenizer=None))
+    pipe.set_progress_bar_config(disable=True)
+    embeds = torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(0))
+    first = pipe.invert(tiny_image(), prompt_embeds=embeds)
+    pipe(tiny_image(), HANDLES, TARGETS, prompt_embeds=embeds, negative_prompt_embeds=embeds * 0, guidance_scale=3.0)
+    assert torch.equal(pipe.invert(tiny_image(), prompt_embeds=embeds).latents, first.latents)
+    with pytest.raises(ValueError, match="no text encoder or tokenizer: pass `negative_prompt_embeds`"):
+        pipe(tiny_image(), HANDLES, TARGETS, prompt_embeds=embeds, guidance_scale=3.0)
+
+
+def test_embeddings_of_another_width_are_refused_before_any_model_runs(pipe):
+    with pytest.raises(ValueError, match="`prompt_embeds` must be 32 wide"):
+        drag(pipe, prompt=None, prompt_embeds=torch.zeros(1, 16, 64))
+    assert pipe.attention_replay.bank is None

@@ -108,6 +108,15 @@ def test_redrags_from_a_cached_inversion_equal_full_calls_bit_for_bit(pipe):
     np.testing.assert_array_equal(cached, guided)
 
 
+def test_an_inversion_takes_what_it_was_made_with_given_again(pipe):
+    inversion = pipe.invert(sdxl_image(), prompt="a cat", inversion_strength=np.float32(0.7))
+    expected = drag(pipe)
+    again = pipe(handle_points=HANDLES, target_points=TARGETS, inversion=inversion, prompt="a cat", prompt_2="a cat",
+                 original_size=[HEIGHT, WIDTH], crops_coords_top_left=(np.int64(0), 0), inversion_strength=0.7,
+                 num_inference_steps=10, output_type="np").images
+    np.testing.assert_array_equal(again, expected)
+
+
 def test_an_inversion_refuses_other_conditioning(pipe):
     inversion = pipe.invert(sdxl_image(), prompt="a cat", original_size=(64, 96))
     call = dict(handle_points=HANDLES, target_points=TARGETS, inversion=inversion)
@@ -115,6 +124,11 @@ def test_an_inversion_refuses_other_conditioning(pipe):
                         ("target_size", (64, 64)), ("crops_coords_top_left", (4, 4))):
         with pytest.raises(ValueError, match=f"`{name}`=.* differs from the inversion's"):
             pipe(**call, **{name: value})
+    embeds, _, pooled, _ = pipe.encode_prompt("a cat", device="cpu", do_classifier_free_guidance=False)
+    with pytest.raises(ValueError, match="`pooled_prompt_embeds` differ from the inversion's"):
+        pipe(**call, prompt_embeds=embeds, pooled_prompt_embeds=pooled * 5)
+    with pytest.raises(ValueError, match="same shape"):
+        pipe(**call, guidance_scale=2.0, negative_prompt_embeds=embeds, negative_pooled_prompt_embeds=pooled[:, :16])
     pipe(**call, original_size=(64, 96), crops_coords_top_left=(0, 0), output_type="latent")
 
 
@@ -181,7 +195,14 @@ BAD_INPUTS = [
     (dict(crops_coords_top_left=(1.5, 0)), ValueError, "`crops_coords_top_left` must be two integers"),
     (dict(target_size="1024"), ValueError, "`target_size` must be two integers"),
     (dict(prompt_2=3), TypeError, "`prompt_2` must be a str or None"),
-    (dict(prompt=None, prompt_embeds=torch.zeros(1, 16, 64)), ValueError, "need `pooled_prompt_embeds`"),
+    (dict(prompt=None, prompt_embeds=torch.zeros(1, 16, 64)), ValueError, "`pooled_prompt_embeds` go together"),
+    (dict(pooled_prompt_embeds=torch.zeros(1, 32)), ValueError, "`pooled_prompt_embeds` go together"),
+    (dict(prompt=None, prompt_embeds=torch.zeros(1, 16, 32), pooled_prompt_embeds=torch.zeros(1, 32)), ValueError,
+     "`prompt_embeds` must be 64 wide"),
+    (dict(prompt=None, prompt_embeds=torch.zeros(1, 16, 64), pooled_prompt_embeds=torch.zeros(1, 16)), ValueError,
+     "six time ids and a 16-wide pooled text embedding"),
+    (dict(guidance_scale=2.0, negative_prompt_embeds=torch.zeros(1, 16, 64),
+          negative_pooled_prompt_embeds=torch.zeros(1, 16)), ValueError, "six time ids and a 16-wide pooled"),
     (dict(prompt_embeds=torch.zeros(1, 16, 64), pooled_prompt_embeds=torch.zeros(1, 32)), ValueError,
      "Cannot forward both `prompt`"),
     (dict(prompt=None, prompt_embeds=torch.zeros(1, 16, 64), pooled_prompt_embeds=torch.zeros(2, 32)), ValueError,
@@ -200,7 +221,26 @@ def test_bad_input_is_refused_before_any_model_runs(pipe, kwargs, error, message
         model.register_forward_pre_hook(lambda *a: calls.append(1))
     with pytest.raises(error, match=message):
         drag(pipe, **kwargs)
-    assert calls == []
+    assert calls == [] and pipe.attention_replay.bank is None  # nothing allocated either
+
+
+def test_without_text_encoders_a_negative_prompt_is_refused_at_once():
+    pipe = new_pipe(text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None)
+    embeds, pooled = torch.zeros(1, 16, 64), torch.zeros(1, 32)
+    args = dict(prompt=None, prompt_embeds=embeds, pooled_prompt_embeds=pooled, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="has none: pass `negative_prompt_embeds`"):
+        drag(pipe, negative_prompt="blurry", **args)
+    assert drag(pipe, **args).shape == (1, HEIGHT, WIDTH, 3)  # zeros need no encoder
+    # An inversion does not depend on the guidance of the call before it.
+    assert pipe.invert(sdxl_image(), prompt_embeds=embeds, pooled_prompt_embeds=pooled).conditioning.added
+
+
+def test_a_scheduler_set_after_construction_must_be_ddim(pipe):
+    from diffusers import EulerDiscreteScheduler
+
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(ValueError, match="FastDrag samples with DDIM"):
+        drag(pipe)
 
 
 def test_a_float16_vae_with_force_upcast_runs_in_float32_and_stays_float16():
@@ -213,6 +253,18 @@ def test_a_float16_vae_with_force_upcast_runs_in_float32_and_stays_float16():
     image = drag(pipe)
     assert seen == [torch.float32, torch.float32] and pipe.vae.dtype == torch.float16
     assert np.isfinite(image).all()
+
+
+def test_from_pipe_keeps_each_components_dtype_in_both_pipelines():
+    # SDXL users keep the VAE in float32 beside a float16 UNet; the components are shared.
+    source = StableDiffusionXLPipeline(**tiny_sdxl_components())
+    source.unet.to(torch.float16)
+    source.text_encoder_2.to(torch.float16)
+    derived = StableDiffusionXLFastDragPipeline.from_pipe(source)
+    for pipeline in (source, derived):
+        assert pipeline.vae.dtype == torch.float32 and pipeline.unet.dtype == torch.float16
+        assert pipeline.text_encoder.dtype == torch.float32 and pipeline.text_encoder_2.dtype == torch.float16
+    assert StableDiffusionXLFastDragPipeline.from_pipe(source, torch_dtype=torch.float32).unet.dtype == torch.float32
 
 
 def test_from_pipe_of_a_diffusers_sdxl_pipeline_equals_the_class(pipe):

@@ -1,8 +1,7 @@
 """What differs across the Diffusers releases the project supports, in one place.
 
-Each shim names the releases it is for. The pipeline imports it as a sibling module (so Diffusers
-copies it beside a local ``custom_pipeline`` file, and the community file holds it); it imports no
-sibling itself.
+Each shim names the releases it is for. The tools load models through it; the pipelines need no
+shim (their ``from_pipe`` keeps each component's dtype on every release without one).
 """
 
 import diffusers
