@@ -2312,6 +2312,20 @@ class FastDragMixin:
         """Where the VAE runs in another precision than its weights (SDXL's float16 VAE); as it is here."""
         return contextlib.nullcontext()
 
+    def _latent_statistics(self, latents: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """``(shift, scale)`` with ``scaled = (raw - shift) * scale``: a VAE's per-channel
+        ``latents_mean``/``latents_std`` (Playground-style SDXL VAEs) or its ``shift_factor``, and
+        ``scaling_factor``, as Diffusers' pipelines apply them."""
+        config = self.vae.config
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is not None and std is not None:
+
+            def per_channel(values) -> torch.Tensor:
+                return torch.tensor(values, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1)
+
+            return per_channel(mean), config.scaling_factor / per_channel(std)
+        return getattr(config, "shift_factor", None) or 0.0, config.scaling_factor
+
     def encode_image(self, image: torch.Tensor, device: torch.device) -> torch.Tensor:
         """``(1, 3, H, W)`` in [0, 1] -> the scaled latent ``(1, C, H / f, W / f)``: deterministic.
 
@@ -2322,15 +2336,15 @@ class FastDragMixin:
             pixels = self.image_processor.normalize(image).to(device=device, dtype=self.vae.dtype)
             encoded = self.vae.encode(pixels)
             latents = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latents
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return (latents - shift) * self.vae.config.scaling_factor
+        shift, scale = self._latent_statistics(latents)
+        return (latents - shift) * scale
 
     def decode_image(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> ``(B, 3, H, W)`` images in [-1, 1], the inverse of :meth:`encode_image`."""
         with self.vae_precision():
-            shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-            latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + shift
-            return self.vae.decode(latents, return_dict=False)[0]
+            latents = latents.to(self.vae.dtype)
+            shift, scale = self._latent_statistics(latents)
+            return self.vae.decode(latents / scale + shift, return_dict=False)[0]
 
     # ----------------------------------------------------------------------------------------
     # Keys/values, graphs and the denoising loops

@@ -362,3 +362,16 @@ def test_textual_inversion_tokens_condition_the_edit(pipe):
     after = pipe.encode_prompt("a <drag-toy>", device="cpu")[0]
     assert not torch.equal(after, before)
     assert np.abs(drag(pipe, prompt="a <drag-toy>") - drag(pipe, prompt="a")).max() > 1e-4
+
+
+def test_a_vae_with_latent_statistics_encodes_and_decodes_as_diffusers_does(pipe):
+    # Playground-style SDXL VAEs normalise each latent channel by its mean and std.
+    mean, std = [0.5, -0.25, 0.0, 1.0], [2.0, 0.5, 1.0, 4.0]
+    pipe.vae.register_to_config(latents_mean=mean, latents_std=std)
+    pixels = sdxl_image()[None]
+    raw = pipe.vae.encode(pixels * 2 - 1).latent_dist.mode()
+    shape = (1, 4, 1, 1)
+    expected = (raw - torch.tensor(mean).view(shape)) * pipe.vae.config.scaling_factor / torch.tensor(std).view(shape)
+    latents = pipe.encode_image(pixels, torch.device("cpu"))
+    torch.testing.assert_close(latents, expected)
+    torch.testing.assert_close(pipe.decode_image(latents), pipe.vae.decode(raw).sample)
