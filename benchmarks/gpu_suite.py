@@ -385,12 +385,12 @@ def step_sd15(rows: Rows, argv: list[str]) -> None:
     from fastdrag.cli import pick_device_and_dtype
 
     command = bench_command(argv)
-    args = bench.build_parser().parse_args(argv)
+    args = bench.parse_arguments(argv)
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    pipe = bench.load_pipeline(args, dtype).to(device)
+    pipe = bench.build_pipeline(args, dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     rows.add("model build (not in any figure)", time.perf_counter() - start, command)
     inputs = bench.benchmark_inputs(args.resolution)
@@ -423,7 +423,7 @@ def step_first_edit(rows: Rows, argv: list[str]) -> None:
     import torch
 
     bench, _ = bench_modules()
-    args = bench.build_parser().parse_args(argv)
+    args = bench.parse_arguments(argv)
     paths = ["eager", "graphs"] if bench.graphs_wanted(args, torch.device(args.device)) else ["eager"]
     for path in paths:
         command = bench_command([*argv, "--first-edit", path])
@@ -438,9 +438,9 @@ def step_compile(rows: Rows, argv: list[str]) -> None:
     from fastdrag.cli import pick_device_and_dtype
 
     command = bench_command(argv)
-    args = bench.build_parser().parse_args(argv)
+    args = bench.parse_arguments(argv)
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
-    pipe = bench.load_pipeline(args, dtype).to(device)
+    pipe = bench.build_pipeline(args, dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     start = time.perf_counter()
     bench.compile_unet(pipe, args)
@@ -491,9 +491,9 @@ def step_variants(rows: Rows, argv: list[str]) -> None:
     from fastdrag.cli import pick_device_and_dtype
 
     bf16 = with_option(argv, "--dtype", "bfloat16")
-    args = bench.build_parser().parse_args(bf16)
+    args = bench.parse_arguments(bf16)
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
-    pipe = bench.load_pipeline(args, dtype).to(device)
+    pipe = bench.build_pipeline(args, dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     inputs = bench.benchmark_inputs(args.resolution)
     bf16_command = bench_command([*bf16, "--no-first-edit", "--dragbench", "0"])
@@ -505,9 +505,9 @@ def step_variants(rows: Rows, argv: list[str]) -> None:
         rows.add(f"bfloat16, {path}: re-drag", redrag, bf16_command)
     del pipe
 
-    args = bench.build_parser().parse_args(argv)
+    args = bench.parse_arguments(argv)
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
-    pipe = bench.load_pipeline(args, dtype).to(device)
+    pipe = bench.build_pipeline(args, dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     layouts_command = bench_command([*argv, "--vae-layouts", "--no-first-edit", "--dragbench", "0"])
     for name, (encode, decode, same) in bench.vae_layouts(pipe, inputs, device, args.repeats).items():
