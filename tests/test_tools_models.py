@@ -252,11 +252,12 @@ def test_a_guidance_out_of_range_is_one_line_before_loading(files, capsys, monke
     assert err.count("\n") == 0 and "--guidance must be a number with 0 <= --guidance <= 100" in err
 
 
-def test_the_guidance_bound_is_the_pipelines():
+def test_the_guidance_bound_is_the_pipelines(pipe):
     from fastdrag.options import MAX_GUIDANCE
-    from fastdrag.pipeline_fastdrag import MAX_GUIDANCE_SCALE
 
-    assert MAX_GUIDANCE == MAX_GUIDANCE_SCALE
+    drag = dict(handle_points=[(10, 12)], target_points=[(16, 12)])
+    with pytest.raises(ValueError, match=f"<= {MAX_GUIDANCE:g}, got {MAX_GUIDANCE + 0.5}"):
+        pipe(tiny_image(), guidance_scale=MAX_GUIDANCE + 0.5, **drag)
 
 
 def test_a_dragbench_stamp_keeps_its_keys_and_records_guidance_only_when_set():
