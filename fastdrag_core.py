@@ -35,6 +35,7 @@ from .inputs import (
     DEFAULT_STEPS,
     DEFAULT_STRENGTH,
     MAX_DRAGS,
+    MAX_GUIDANCE_SCALE,
     MAX_IMAGE_PIXELS,
     EditInputs,
     check_edit_inputs,
@@ -54,8 +55,6 @@ from .warpage import edit_latents, warp_constants
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-# Far beyond any useful value: a bound that keeps huge values (1e308) from overflowing into NaN.
-MAX_GUIDANCE_SCALE = 100.0
 # A call's embedding arguments -> the tensor of a Conditioning they stand for (Conditioning.tensors("")).
 EMBEDDING_ARGUMENTS = {"prompt_embeds": "prompt_embeds", "pooled_prompt_embeds": "added.text_embeds"}
 # The components whose weights an inversion belongs to (those a pipeline lacks count as None).

@@ -32,6 +32,10 @@ import torch.nn.functional as F
 
 DEFAULT_STEPS = 10
 DEFAULT_STRENGTH = 0.7
+# Classifier-free guidance while sampling: off by default, as the method edits; the bound keeps huge
+# values (1e308) from overflowing into NaN, far beyond any useful one.
+DEFAULT_GUIDANCE_SCALE = 1.0
+MAX_GUIDANCE_SCALE = 100.0
 # How the pixels the warp leaves empty are filled (docs/method.md section 4).
 FILL_MODES = ("bnni", "original", "zeros", "noise")
 DEFAULT_FILL = "bnni"

@@ -40,6 +40,7 @@ from .fastdrag_core import (
 )
 from .inputs import (
     DEFAULT_FILL,
+    DEFAULT_GUIDANCE_SCALE,
     DEFAULT_MODE,
     DEFAULT_STEPS,
     DEFAULT_STRENGTH,
@@ -358,7 +359,7 @@ class StableDiffusionFastDragPipeline(
         prompt: str | None = None,
         num_inference_steps: int | None = None,
         inversion_strength: float | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         negative_prompt: str | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,

@@ -44,6 +44,7 @@ from .fastdrag_core import (
 )
 from .inputs import (
     DEFAULT_FILL,
+    DEFAULT_GUIDANCE_SCALE,
     DEFAULT_MODE,
     DEFAULT_STEPS,
     DEFAULT_STRENGTH,
@@ -479,7 +480,7 @@ class StableDiffusionXLFastDragPipeline(
         prompt_2: str | None = None,
         num_inference_steps: int | None = None,
         inversion_strength: float | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         negative_prompt: str | None = None,
         negative_prompt_2: str | None = None,
         prompt_embeds: torch.Tensor | None = None,

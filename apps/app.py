@@ -27,18 +27,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..inputs import (
-    DEFAULT_FILL,
-    DEFAULT_MODE,
-    DEFAULT_STEPS,
-    DEFAULT_STRENGTH,
-    EDIT_MODES,
-    FILL_MODES,
-    MAX_UPLOAD_PIXELS,
-    check_pixel_count,
-    to_rgb,
-)
+from ..inputs import DEFAULT_MODE, EDIT_MODES, FILL_MODES, MAX_UPLOAD_PIXELS, check_pixel_count, to_rgb
 from .frontend import draw_arrows, first_line, format_phases, preview_drag
+from .options import EditOptions
 
 
 DEFAULT_MAX_SIDE = 512
@@ -46,8 +37,7 @@ DEFAULT_FACTOR = 8
 MIN_MAX_SIDE = DEFAULT_FACTOR  # one latent pixel of Stable Diffusion's VAE: nothing smaller can be edited
 DEFAULT_CACHE_MIB = 2048  # about ten SD 1.5 inversions at 512x512 in fp16
 VIEW_SIDE = 512  # smaller images are shown enlarged by an integer factor up to this
-ADVANCED_DEFAULTS = {"prompt": "", "steps": DEFAULT_STEPS, "strength": DEFAULT_STRENGTH, "fill": DEFAULT_FILL,
-                     "consistency": True}
+DEFAULTS = EditOptions()  # the Advanced settings' initial values
 
 
 class AppError(Exception):
@@ -310,39 +300,36 @@ class EditResult:
         return f"**Edited in {self.seconds:.2f} s** ({how}).  \n{format_phases(self.times)}"
 
 
-def run_edit(holder: PipelineHolder, session: Session, prompt: str, steps: int, strength: float, fill: str,
-             consistency: bool) -> EditResult:
-    """Edit the session's image with its drags, inverting only when the cache does not match."""
+def edit_session(holder: PipelineHolder, session: Session, options: EditOptions) -> EditResult:
+    """Edit the session's image with its drags in its mode (``options.mode`` gives way to the
+    session's), inverting only when no cached inversion has the same image and inversion options."""
     if session.image is None:
         raise AppError("upload an image first")
     if not session.drags:
         raise AppError("add at least one drag: click a handle point, then its target point")
     pipe = holder.get()
-    steps, strength = int(steps), float(strength)
-    key = (image_key(session.image), prompt, steps, strength, bool(consistency))
+    options = options.replace(mode=session.mode)
+    key = (image_key(session.image), *sorted(options.inversion_kwargs().items()))
     inversion = holder.inversions.get(key)
     reused = inversion is not None
     start = time.perf_counter()
     try:
         with pipe.timing_phases() as times:
             if inversion is None:
-                inversion = pipe.invert(session.image, prompt=prompt, num_inference_steps=steps,
-                                        inversion_strength=strength, preserve_consistency=bool(consistency))
+                inversion = pipe.invert(session.image, **options.inversion_kwargs())
                 holder.inversions.put(key, inversion)
-            out = pipe(
-                handle_points=[d[0] for d in session.drags],
-                target_points=[d[1] for d in session.drags],
-                mask=session.mask,
-                inversion=inversion,
-                fill=fill,
-                mode=session.mode,
-                preserve_consistency=bool(consistency),
-                output_type="np",
-            )
+            out = pipe(handle_points=[d[0] for d in session.drags], target_points=[d[1] for d in session.drags],
+                       mask=session.mask, **options.pipeline_kwargs(inversion), output_type="np")
     except (ValueError, TypeError) as error:
         raise AppError(str(error)) from error
     image = (out.images[0] * 255).round().astype(np.uint8)
     return EditResult(image=image, seconds=time.perf_counter() - start, times=dict(times), reused=reused)
+
+
+def page_options(prompt: str, steps: float, strength: float, fill: str, consistency: bool) -> EditOptions:
+    """The page's Advanced settings as :class:`EditOptions` (sliders give floats)."""
+    return EditOptions(prompt=prompt, num_inference_steps=int(steps), inversion_strength=float(strength), fill=fill,
+                       preserve_consistency=bool(consistency))
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,7 +377,7 @@ def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE, max_pixe
         # must survive it.
         image = session.image
         try:
-            result = run_edit(holder, session, prompt, steps, strength, fill, consistency)
+            result = edit_session(holder, session, page_options(prompt, steps, strength, fill, consistency))
         except AppError as error:
             return gr.skip(), gr.skip(), f"**Error:** {error}"
         except Exception as error:  # noqa: BLE001 - the page shows one line; the app keeps running
@@ -428,11 +415,11 @@ def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE, max_pixe
             clear = gr.Button("Clear points", elem_id="clear")
             run = gr.Button("Run", variant="primary", elem_id="run")
         with gr.Accordion("Advanced", open=False):
-            prompt = gr.Textbox(label="Prompt", value=ADVANCED_DEFAULTS["prompt"])
-            steps = gr.Slider(2, 50, value=ADVANCED_DEFAULTS["steps"], step=1, label="Steps")
-            strength = gr.Slider(0.05, 1.0, value=ADVANCED_DEFAULTS["strength"], step=0.05, label="Inversion strength")
-            fill = gr.Dropdown(list(FILL_MODES), value=ADVANCED_DEFAULTS["fill"], label="Fill")
-            consistency = gr.Checkbox(value=ADVANCED_DEFAULTS["consistency"], label="Consistency (replay keys/values)")
+            prompt = gr.Textbox(label="Prompt", value=DEFAULTS.prompt)
+            steps = gr.Slider(2, 50, value=DEFAULTS.num_inference_steps, step=1, label="Steps")
+            strength = gr.Slider(0.05, 1.0, value=DEFAULTS.inversion_strength, step=0.05, label="Inversion strength")
+            fill = gr.Dropdown(list(FILL_MODES), value=DEFAULTS.fill, label="Fill")
+            consistency = gr.Checkbox(value=DEFAULTS.preserve_consistency, label="Consistency (replay keys/values)")
         status = gr.Markdown("", elem_id="status")
         with gr.Row():
             original = gr.Image(label="Original", type="numpy", interactive=False, format="png", elem_id="original", height=360)

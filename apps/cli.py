@@ -13,6 +13,7 @@ from typing import Any
 from .. import __version__
 from ..inputs import (
     DEFAULT_FILL,
+    DEFAULT_GUIDANCE_SCALE,
     DEFAULT_MODE,
     DEFAULT_STEPS,
     DEFAULT_STRENGTH,
@@ -265,10 +266,21 @@ def check_schedule_options(args, model_offline: bool) -> None:
         raise UsageError(str(error)) from error
 
 
+def check_guidance_option(guidance: float) -> None:
+    """``--guidance``: the pipeline's range, before any model loads."""
+    from ..inputs import MAX_GUIDANCE_SCALE, check_real
+
+    try:
+        check_real(guidance, "--guidance", 0.0, MAX_GUIDANCE_SCALE)
+    except ValueError as error:
+        raise UsageError(str(error).replace("`", "")) from error
+
+
 def check_pipeline_options(args) -> bool:
     """What ``edit`` and ``dragbench run`` pass to the pipeline, checked before it loads: the seed, the
-    model (see :func:`check_model_sources`, whose answer this returns) and the schedule."""
+    guidance, the model (see :func:`check_model_sources`, whose answer this returns) and the schedule."""
     check_seed_option(args.seed)
+    check_guidance_option(args.guidance)
     offline = check_model_sources(args)
     check_schedule_options(args, offline)
     return offline
@@ -332,8 +344,9 @@ def check_model_source(name: str, option: str, hub_files: tuple[str, ...], unrea
 
 
 def check_model_sources(args) -> bool:
-    """Check ``--model`` and ``--unet`` (see :func:`check_model_source`); True when they must load from
-    the local cache alone, as the Hub cannot be reached."""
+    """Check ``--model`` and ``--unet`` (see :func:`check_model_source`), and that ``--model`` is a
+    pipeline FastDrag edits with (:func:`fastdrag_pipeline_name`); True when they must load from the local
+    cache alone, as the Hub cannot be reached."""
     unreachable = None
     names = [args.model, *([args.unet] if args.unet else [])]
     if not all(Path(name).expanduser().is_dir() for name in names):
@@ -341,14 +354,84 @@ def check_model_sources(args) -> bool:
     check_model_source(args.model, "--model", ("model_index.json",), unreachable)
     if args.unet:
         check_model_source(args.unet, "--unet", ("unet/config.json", "config.json"), unreachable)
+    fastdrag_pipeline_name(args.model, unreachable is not None)  # a pipeline FastDrag cannot edit with
     return unreachable is not None
 
 
-def load_pipeline(model: str, unet: str | None, dtype, local_files_only: bool = False):
-    from diffusers import UNet2DConditionModel
+# The pipelines FastDrag edits with, by the ``_class_name`` of a model's ``model_index.json``: the
+# Diffusers pipelines whose components FastDrag's pipelines take as they are.
+SD_PIPELINES = (
+    "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
+    "StableDiffusionFastDragPipeline", "LatentConsistencyModelPipeline", "LatentConsistencyModelImg2ImgPipeline",
+)
+SDXL_PIPELINES = (
+    "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline",
+    "StableDiffusionXLFastDragPipeline",
+)
 
+
+def model_index(model: str, local_files_only: bool) -> dict | None:
+    """``model``'s ``model_index.json`` (a folder's, or a Hub id's, from the cache when
+    ``local_files_only``), or ``None`` when it cannot be read: then loading the model says why."""
+    import json
+
+    path = Path(model).expanduser() / "model_index.json"
+    try:
+        if not path.parent.is_dir():
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(model, "model_index.json", local_files_only=local_files_only))
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - missing, unreadable, not JSON, not downloadable: the load reports it
+        return None
+    return index if isinstance(index, dict) else None
+
+
+def pipeline_class_name(index: dict) -> str:
+    """The pipeline class a ``model_index.json`` names (a custom pipeline's is ``[module, class]``)."""
+    name = index.get("_class_name")
+    if isinstance(name, (list, tuple)) and name:
+        name = name[-1]
+    return str(name)
+
+
+def fastdrag_pipeline_name(model: str, local_files_only: bool = False) -> str:
+    """The name of the FastDrag pipeline class for ``model`` (a folder or a Hub id), from its
+    ``model_index.json``, no weights read and no pipeline imported: Stable Diffusion XL pipelines ->
+    ``StableDiffusionXLFastDragPipeline``, Stable Diffusion 1.x/2.x ones (and SD-shaped LCM ones) ->
+    ``StableDiffusionFastDragPipeline``. Any other pipeline is a :class:`UsageError` naming it. A model
+    whose index cannot be read gets the SD pipeline, whose loading then says why it cannot load."""
+    index = model_index(model, local_files_only)
+    if index is None:
+        return "StableDiffusionFastDragPipeline"
+    name = pipeline_class_name(index)
+    if name in SDXL_PIPELINES:
+        return "StableDiffusionXLFastDragPipeline"
+    if name in SD_PIPELINES and "text_encoder_2" not in index:  # an LCM of SDXL has two text encoders
+        return "StableDiffusionFastDragPipeline"
+    shape = " (with two text encoders)" if name in SD_PIPELINES else ""
+    raise UsageError(f"--model {model} is a {name}{shape}: FastDrag edits with Stable Diffusion 1.x/2.x "
+                     f"({', '.join(SD_PIPELINES[:3])}, ...) and SDXL ({', '.join(SDXL_PIPELINES[:3])}, ...) models")
+
+
+def pipeline_class_for(model: str, local_files_only: bool = False) -> type:
+    """The FastDrag pipeline class that loads ``model`` (see :func:`fastdrag_pipeline_name`): the one
+    choice of every tool that loads a model (``edit``, ``dragbench run``, ``app``, the benchmarks)."""
+    if fastdrag_pipeline_name(model, local_files_only) == "StableDiffusionXLFastDragPipeline":
+        from ..pipeline_fastdrag_sdxl import StableDiffusionXLFastDragPipeline
+
+        return StableDiffusionXLFastDragPipeline
     from ..pipeline_fastdrag import StableDiffusionFastDragPipeline
 
+    return StableDiffusionFastDragPipeline
+
+
+def load_pipeline(model: str, unet: str | None, dtype, local_files_only: bool = False):
+    """The FastDrag pipeline of ``model`` (its class from :func:`pipeline_class_for`), with the UNet of
+    ``unet`` (a folder or Hub id, a UNet's own or a pipeline's ``unet/``) swapped in when given."""
+    from diffusers import UNet2DConditionModel
+
+    pipeline_class = pipeline_class_for(model, local_files_only)
     name = model
     load = {**from_pretrained_dtype(dtype), "local_files_only": local_files_only}
     try:
@@ -358,7 +441,7 @@ def load_pipeline(model: str, unet: str | None, dtype, local_files_only: bool = 
             subfolder = None if (Path(unet) / "config.json").is_file() else "unet"
             kwargs["unet"] = UNet2DConditionModel.from_pretrained(unet, subfolder=subfolder, **load)
             name = model
-        return StableDiffusionFastDragPipeline.from_pretrained(model, **load, **kwargs)
+        return pipeline_class.from_pretrained(model, **load, **kwargs)
     except Exception as error:  # noqa: BLE001 - Hub, file and config errors all mean "cannot load this"
         raise UsageError(why_not_loaded(name, error)) from error
 
@@ -373,9 +456,26 @@ def load_on_device(args, device: str, local_files_only: bool = False):
     return pipe
 
 
-def run_edit(args) -> None:
-    import torch
+def edit_options(args):
+    """The :class:`~fastdrag.options.EditOptions` of ``edit`` and ``dragbench run`` (whose prompts
+    come from the samples, and whose pixel limit is ``FASTDRAG_MAX_PIXELS``)."""
+    from .options import EditOptions
 
+    return EditOptions(
+        prompt=getattr(args, "prompt", ""),
+        num_inference_steps=args.steps,
+        inversion_strength=args.strength,
+        guidance_scale=args.guidance,
+        fill=args.fill,
+        mode=args.mode,
+        preserve_consistency=not args.no_consistency,
+        seed=args.seed,
+        max_drags=args.max_drags,
+        max_image_pixels=getattr(args, "max_pixels", MAX_IMAGE_PIXELS),
+    )
+
+
+def run_edit(args) -> None:
     # Everything that needs no model is checked first: a typo costs seconds, not a model download.
     check_output(args.output)
     image, mask, handles, targets, (height, width) = read_inputs(args)
@@ -385,27 +485,13 @@ def run_edit(args) -> None:
     factor = 2 ** (len(blocks) - 1) if blocks else None
     if factor and (height % factor or width % factor):
         raise UsageError(f"{args.image} is {width}x{height}: its sides must be multiples of {factor} for this model")
+    options = edit_options(args)
     start = time.perf_counter()
     pipe = load_pipeline(args.model, args.unet, dtype, offline).to(device)
     loaded = time.perf_counter()
-    generator = torch.Generator(device="cpu").manual_seed(args.seed) if args.seed is not None else None
     try:
         with pipe.timing_phases() as times:
-            out = pipe(
-                image,
-                handle_points=handles,
-                target_points=targets,
-                mask=mask,
-                prompt=args.prompt,
-                num_inference_steps=args.steps,
-                inversion_strength=args.strength,
-                fill=args.fill,
-                mode=args.mode,
-                preserve_consistency=not args.no_consistency,
-                generator=generator,
-                max_image_pixels=args.max_pixels,
-                max_drags=args.max_drags,
-            )
+            out = pipe(image, handle_points=handles, target_points=targets, mask=mask, **options.pipeline_kwargs())
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from error
     done = time.perf_counter()
@@ -413,20 +499,6 @@ def run_edit(args) -> None:
     print(f"load {loaded - start:.2f} s on {device} ({str(dtype).removeprefix('torch.')})")
     print(f"edit {done - loaded:.2f} s: {format_phases(times)}")
     print(f"wrote {args.output}")
-
-
-def dragbench_options(args):
-    from .dragbench import EditOptions
-
-    return EditOptions(
-        num_inference_steps=args.steps,
-        inversion_strength=args.strength,
-        fill=args.fill,
-        preserve_consistency=not args.no_consistency,
-        seed=args.seed,
-        mode=args.mode,
-        max_drags=args.max_drags,
-    )
 
 
 def run_dragbench_run(args) -> int:
@@ -448,7 +520,7 @@ def run_dragbench_run(args) -> int:
 
     config = {"model": args.model, "unet": args.unet, "dtype": str(dtype).removeprefix("torch.")}
     try:
-        summary = run_dragbench(args.data, args.out, load, dragbench_options(args), progress=not args.no_progress,
+        summary = run_dragbench(args.data, args.out, load, edit_options(args), progress=not args.no_progress,
                                 device=args.device, config=config)
     except RunRefused as error:
         raise UsageError(str(error)) from error
@@ -661,6 +733,8 @@ def pipeline_options(sub: argparse.ArgumentParser) -> None:
                      help=f"inversion_strength (default {DEFAULT_STRENGTH})")
     sub.add_argument("--fill", default=DEFAULT_FILL, choices=FILL_MODES,
                      help=f"how null pixels are filled (default {DEFAULT_FILL})")
+    sub.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE_SCALE,
+                     help=f"guidance_scale while sampling (default {DEFAULT_GUIDANCE_SCALE:g}: no classifier-free guidance)")
     sub.add_argument("--no-consistency", action="store_true", help="do not replay the recorded keys/values")
     sub.add_argument("--seed", type=int, help="seed for --fill noise (unused by the default fill)")
 

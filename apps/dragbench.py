@@ -22,7 +22,6 @@ as do category names that could collide with the run's own files and symbolic li
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import gc
@@ -44,17 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from ..inputs import (
-    DEFAULT_FILL,
-    DEFAULT_MODE,
-    DEFAULT_STEPS,
-    DEFAULT_STRENGTH,
-    MAX_DRAGS,
-    MAX_IMAGE_PIXELS,
-    check_drag_points,
-    image_size,
-    open_image,
-)
+from ..inputs import MAX_IMAGE_PIXELS, check_drag_points, image_size, open_image
+from .options import EditOptions
 
 
 RESULTS_FILE = "results.jsonl"
@@ -778,43 +768,33 @@ def stamp_config(out: Path, config: dict) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class EditOptions:
-    """Pipeline arguments shared by every sample (the prompt comes from the sample)."""
+# What a run stamp records of the options: those that make the edits (the prompt is each sample's,
+# the pixel limit FASTDRAG_MAX_PIXELS), named as the stamps have always named them. Guidance came
+# later: it is recorded only when it is not the default, so a folder stamped before resumes.
+STAMPED_OPTIONS = ("num_inference_steps", "inversion_strength", "fill", "preserve_consistency", "seed", "mode",
+                   "max_drags")
+STAMPED_WHEN_SET = ("guidance_scale",)
 
-    num_inference_steps: int = DEFAULT_STEPS
-    inversion_strength: float = DEFAULT_STRENGTH
-    fill: str = DEFAULT_FILL
-    preserve_consistency: bool = True
-    seed: int | None = None
-    mode: str = DEFAULT_MODE
-    max_drags: int = MAX_DRAGS
+
+def options_stamp(options: EditOptions) -> dict[str, Any]:
+    """The part of a run stamp that :class:`EditOptions` make (see :data:`STAMPED_OPTIONS`)."""
+    stamp = {name: getattr(options, name) for name in STAMPED_OPTIONS}
+    default = EditOptions()
+    stamp.update({name: getattr(options, name) for name in STAMPED_WHEN_SET
+                  if getattr(options, name) != getattr(default, name)})
+    return stamp
 
 
 def edit_sample(pipe, data: SampleData, options: EditOptions) -> tuple[Any, dict[str, float]]:
-    """Run the pipeline on one sample: ``(edited PIL image, seconds per phase)``."""
-    import torch
-
+    """Run the pipeline on one sample, with its prompt and the run's pixel limit: ``(edited PIL image,
+    seconds per phase)``."""
     # Checked here too, to say how a command-line user raises the limit.
     check_drag_points(data.handles, data.targets, image_size(data.image), options.max_drags,
                       f"raise the limit with --max-drags (now {options.max_drags})")
-    generator = torch.Generator("cpu").manual_seed(options.seed) if options.seed is not None else None
+    options = options.replace(prompt=data.prompt, max_image_pixels=max_image_pixels())
     with pipe.timing_phases() as times:
-        image = pipe(
-            data.image,
-            handle_points=data.handles,
-            target_points=data.targets,
-            mask=data.mask,
-            prompt=data.prompt,
-            num_inference_steps=options.num_inference_steps,
-            inversion_strength=options.inversion_strength,
-            fill=options.fill,
-            mode=options.mode,
-            preserve_consistency=options.preserve_consistency,
-            generator=generator,
-            max_image_pixels=max_image_pixels(),
-            max_drags=options.max_drags,
-        ).images[0]
+        image = pipe(data.image, handle_points=data.handles, target_points=data.targets, mask=data.mask,
+                     **options.pipeline_kwargs()).images[0]
     return image, dict(times)
 
 
@@ -893,7 +873,7 @@ def run_dragbench(
     meta_limits()  # a bad FASTDRAG_MAX_META_MIB is reported now, not by every sample
     max_image_pixels()  # and a bad FASTDRAG_MAX_PIXELS
     samples = find_samples(data)
-    stamp = {**(config or {}), **dataclasses.asdict(options), "version": __version__,
+    stamp = {**(config or {}), **options_stamp(options), "version": __version__,
              "data": str(Path(data).resolve())}
     try:
         return _run(state, samples, out, stamp, load_pipeline, options, progress, device)

@@ -1,7 +1,10 @@
-"""A FastDrag edit against its floor, on full-size Stable Diffusion 1.5-shaped models, per execution path.
+"""A FastDrag edit against its floor, on full-size Stable Diffusion 1.5- or SDXL-shaped models, per execution path.
 
-The models are built from SD 1.5's configs with random weights (nothing is downloaded): a random
-UNet costs exactly what a trained one does. ``--model`` loads real weights instead.
+The models are built from SD 1.5's configs (``--arch sd15``, the default) or SDXL base 1.0's
+(``--arch sdxl``) with random weights (nothing is downloaded): a random UNet costs exactly what a
+trained one does. ``--model`` loads real weights instead, in the pipeline its folder names (SD or SDXL).
+The default resolution is 512 for SD 1.5; for SDXL 1024 on CUDA, and 256 elsewhere (a CPU runs the
+full-size SDXL UNet at 1024 for minutes per call).
 
 Execution paths, each timed against its own floor:
 - ``eager``: the pipeline as it is;
@@ -20,6 +23,7 @@ DragBench runner's steady seconds per sample (``--dragbench N`` samples, default
 
     python benchmarks/bench_speed.py --resolution 256 --warmup 0            # the CPU VM, minutes
     python benchmarks/bench_speed.py --device cuda --dtype float16 --warmup 2 --repeats 5 --compile
+    python benchmarks/bench_speed.py --arch sdxl --device cuda --dtype float16 --warmup 2 --repeats 5  # 1024x1024
 
 Targets (H100, fp16, 512x512, SD 1.5 shapes, 10 steps, strength 0.7) are printed beside the figures.
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import platform
 import resource
@@ -42,12 +47,23 @@ from pathlib import Path
 
 import torch
 
-from fastdrag.apps.cli import DEFAULT_TRAIN_STEPS, DTYPES, UsageError, at_least, pick_device_and_dtype, run_script
+from fastdrag.apps.cli import (
+    DEFAULT_TRAIN_STEPS,
+    DTYPES,
+    UsageError,
+    at_least,
+    check_model_source,
+    fastdrag_pipeline_name,
+    hub_unreachable,
+    pick_device_and_dtype,
+    pipeline_class_for,
+    run_script,
+)
 from fastdrag.apps.compat import from_pretrained_dtype
-from fastdrag.apps.testing import capture_by_rerunning, random_sd15_pipeline, write_dragbench
+from fastdrag.apps.options import EditOptions
+from fastdrag.apps.testing import capture_by_rerunning, random_sd15_pipeline, random_sdxl_pipeline, write_dragbench
 from fastdrag.cuda_graphs import GraphCache, capture_cuda_graph
 from fastdrag.inputs import DEFAULT_STEPS, DEFAULT_STRENGTH, check_schedule
-from fastdrag.pipeline_fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.timing import PHASES, synchronize
 
 
@@ -61,10 +77,19 @@ TARGETS = {
 }
 
 
-def load_pipeline(args, dtype: torch.dtype) -> StableDiffusionFastDragPipeline:
+ARCHS = {"sd15": "SD 1.5", "sdxl": "SDXL"}
+DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024}
+SDXL_CPU_RESOLUTION = 256  # the full-size SDXL UNet at 1024 takes minutes per call on a few CPU cores
+
+
+def build_pipeline(args, dtype: torch.dtype):
+    """The timed pipeline: ``--model``'s weights in the FastDrag pipeline its folder names, or random
+    weights of ``--arch``'s shapes in ``dtype``."""
     if args.model:
-        return StableDiffusionFastDragPipeline.from_pretrained(args.model, **from_pretrained_dtype(dtype), safety_checker=None)
-    return random_sd15_pipeline(dtype)
+        pipeline_class = pipeline_class_for(args.model)
+        extra = {"safety_checker": None} if "safety_checker" in pipeline_class._optional_components else {}
+        return pipeline_class.from_pretrained(args.model, **from_pretrained_dtype(dtype), **extra)
+    return (random_sdxl_pipeline if args.arch == "sdxl" else random_sd15_pipeline)(dtype)
 
 
 def graphs_wanted(args, device: torch.device) -> bool:
@@ -118,10 +143,13 @@ def benchmark_inputs(size: int):
     return image, mask, handles, targets
 
 
+def edit_options(args) -> EditOptions:
+    return EditOptions(prompt=args.prompt, num_inference_steps=args.steps, inversion_strength=args.strength)
+
+
 def edit_once(pipe, inputs, args):
     image, mask, handles, targets = inputs
-    return pipe(image, handle_points=handles, target_points=targets, mask=mask, prompt=args.prompt,
-                num_inference_steps=args.steps, inversion_strength=args.strength)
+    return pipe(image, handle_points=handles, target_points=targets, mask=mask, **edit_options(args).pipeline_kwargs())
 
 
 def time_edit(pipe, inputs, args, device) -> tuple[float, dict[str, float]]:
@@ -151,12 +179,36 @@ def count_syncs(pipe, inputs, args, device) -> int | None:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
+def is_sdxl(pipe) -> bool:
+    """Whether ``pipe``'s UNet takes SDXL's added conditioning (pooled text and six time ids)."""
+    return getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
+
+
+def floor_text(pipe, prompt: str, device, size: int) -> tuple[torch.Tensor, dict]:
+    """The floor's one text encode: ``(embeddings, the UNet's extra arguments)``. SDXL's as Diffusers
+    makes it: both encoders' penultimate hidden states side by side, the second's pooled projection,
+    and the time ids of a ``size`` x ``size`` image uncropped."""
+    if not is_sdxl(pipe):
+        return pipe.encode_prompt(prompt, device)[0], {}
+    states = []
+    for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+        ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(device)
+        output = encoder(ids, output_hidden_states=True)
+        states.append(output.hidden_states[-2])
+        pooled = output[0]
+    dtype = pipe.unet.dtype
+    time_ids = torch.tensor([[size, size, 0, 0, size, size]], device=device, dtype=dtype)
+    added = {"text_embeds": pooled.to(dtype), "time_ids": time_ids}
+    return torch.cat(states, dim=-1).to(dtype), {"added_cond_kwargs": added}
+
+
 class BareUNetCalls:
     """The floor's UNet calls: ``calls`` bare calls at batch 1 with the stock processors; replayed
-    from one CUDA graph when ``graphed``."""
+    from one CUDA graph when ``graphed``. ``unet_kwargs``: SDXL's added conditioning."""
 
-    def __init__(self, pipe, latents, embeds, timesteps: list[int], graphed: bool):
-        self.pipe, self.latents, self.embeds = pipe, latents, embeds
+    def __init__(self, pipe, latents, embeds, timesteps: list[int], graphed: bool, unet_kwargs: dict | None = None):
+        self.pipe, self.latents, self.embeds, self.unet_kwargs = pipe, latents, embeds, unet_kwargs or {}
         self.timesteps = torch.tensor(timesteps, device=latents.device)
         # Captured the way the pipeline captures its loops (side-stream warm-up, then the graph);
         # off CUDA, graphed means the stand-in capture of a dry run.
@@ -165,7 +217,8 @@ class BareUNetCalls:
 
     def run_eagerly(self) -> torch.Tensor:
         for i in range(len(self.timesteps)):
-            noise = self.pipe.unet(self.latents, self.timesteps[i], encoder_hidden_states=self.embeds, return_dict=False)[0]
+            noise = self.pipe.unet(self.latents, self.timesteps[i], encoder_hidden_states=self.embeds,
+                                   return_dict=False, **self.unet_kwargs)[0]
         return noise  # a graph's output; the stand-in capture of a dry run copies it
 
     def __call__(self):
@@ -174,24 +227,25 @@ class BareUNetCalls:
 
 @torch.no_grad()
 def time_floor(pipe, inputs, args, device, graphed: bool) -> dict[str, float]:
-    """The unavoidable work: bare UNet calls at batch 1, VAE encode and decode, text encode."""
+    """The unavoidable work: bare UNet calls at batch 1, VAE encode and decode, text encode (SDXL's
+    two encoders and added conditioning, see :func:`floor_text`)."""
     image = inputs[0].to(device)
     steps = pipe.check_schedule(args.steps, args.strength)
     inversion_steps, sampling_steps = pipe.timesteps_for(args.steps, steps)
     timings = {}
     with Clock(device) as clock:
-        embeds = pipe.encode_prompt(args.prompt, device)[0]
+        embeds, unet_kwargs = floor_text(pipe, args.prompt, device, args.resolution)
     timings["text"] = clock.seconds
     with Clock(device) as clock:
         latents = pipe.encode_image(image, device).to(pipe.unet.dtype)
     timings["encode"] = clock.seconds
-    unet_calls = BareUNetCalls(pipe, latents, embeds, inversion_steps + sampling_steps, graphed)
+    unet_calls = BareUNetCalls(pipe, latents, embeds, inversion_steps + sampling_steps, graphed, unet_kwargs)
     unet_calls()  # warm: a compiled UNet may still be building its graphs
     with Clock(device) as clock:
         unet_calls()
     timings[f"{2 * steps} UNet calls"] = clock.seconds
     with Clock(device) as clock:
-        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        decoded = pipe.decode_image(latents)
         pipe.image_processor.postprocess(decoded, output_type="pil")
     timings["decode"] = clock.seconds
     return timings
@@ -202,8 +256,7 @@ def measure_path(pipe, inputs, args, device, path: str) -> dict:
     for _ in range(args.warmup):
         time_edit(pipe, inputs, args, device)
     edits, phases, redrags, floors = [], [], [], []
-    inversion = pipe.invert(inputs[0], prompt=args.prompt, num_inference_steps=args.steps,
-                            inversion_strength=args.strength)
+    inversion = pipe.invert(inputs[0], **edit_options(args).inversion_kwargs())
     time_redrag(pipe, inversion, inputs, device)  # the first re-drag may capture or compile
     for _ in range(args.repeats):
         seconds, phase_times = time_edit(pipe, inputs, args, device)
@@ -221,13 +274,14 @@ def measure_path(pipe, inputs, args, device, path: str) -> dict:
         "floor parts": floor_parts,
         "syncs": count_syncs(pipe, inputs, args, device),
         "kv MiB": inversion.kv_bank.nbytes / 2**20,
+        "inversion MiB": inversion.nbytes / 2**20,
     }
 
 
 def first_edit(args) -> dict:
     """In this (fresh) process: build the pipeline, then time its first edit and the next one."""
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
-    pipe = load_pipeline(args, dtype).to(device)
+    pipe = build_pipeline(args, dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     if args.first_edit == "graphs":
         enable_graphs(pipe, device)
@@ -247,7 +301,7 @@ def first_edit_in_fresh_process(path: str, argv: list[str] | None = None) -> dic
 
 def dragbench_seconds(pipe, args, device) -> float:
     """The DragBench runner's median seconds per sample after its first two, on generated samples."""
-    from fastdrag.apps.dragbench import EditOptions, read_records, run_dragbench
+    from fastdrag.apps.dragbench import read_records, run_dragbench
 
     size = args.resolution
     samples = {
@@ -256,8 +310,7 @@ def dragbench_seconds(pipe, args, device) -> float:
     }
     with tempfile.TemporaryDirectory() as folder:
         write_dragbench(Path(folder) / "data", samples, size=size)
-        options = EditOptions(num_inference_steps=args.steps, inversion_strength=args.strength)
-        run_dragbench(Path(folder) / "data", Path(folder) / "out", lambda _: pipe, options, progress=False,
+        run_dragbench(Path(folder) / "data", Path(folder) / "out", lambda _: pipe, edit_options(args), progress=False,
                       device=str(device))
         records = read_records(Path(folder) / "out")
     seconds = [r["seconds"] for r in records if r["status"] == "ok"]
@@ -277,7 +330,7 @@ def vae_layouts(pipe, inputs, device, repeats: int) -> dict[str, tuple[float, fl
             with Clock(device) as encode:
                 latents = pipe.encode_image(image, device)
             with Clock(device) as decode:
-                decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+                decoded = pipe.decode_image(latents)
             times.append((encode.seconds, decode.seconds))
         outputs = (latents.contiguous(), decoded.contiguous())
         reference = reference or outputs
@@ -317,7 +370,8 @@ def print_report(results: dict, firsts: dict, dragbench: float | None, layouts: 
     print(f"command: python {' '.join(shlex.quote(a) for a in sys.argv)}")
     print(f"device: {name}; torch {torch.__version__}; {str(dtype).removeprefix('torch.')}; "
           f"{args.resolution}x{args.resolution}; steps {args.steps}, strength {args.strength}; sdpa {args.sdpa}; "
-          f"{'weights ' + args.model if args.model else 'random SD 1.5-shaped weights'}; "
+          f"{'weights ' + args.model if args.model else f'random {ARCHS[args.arch]}-shaped weights'}"
+          f"{f' ({args.resolution_why})' if args.resolution_why else ''}; "
           f"built in {built:.1f} s; median of {args.repeats} after {args.warmup} warm-up")
     print("\nTargets are the fast-path issue's, for an H100 in fp16 at 512x512; elsewhere they are for reference.\n")
     paths = list(results)
@@ -329,6 +383,8 @@ def print_report(results: dict, firsts: dict, dragbench: float | None, layouts: 
         print(f"| **{row}** | " + " | ".join(f"**{results[p][row]:.4f}**" for p in paths) + " |")
     print("| edit / floor | " + " | ".join(f"{results[p]['edit'] / results[p]['floor']:.3f}" for p in paths) + " |")
     print("| re-drag / edit | " + " | ".join(f"{results[p]['re-drag'] / results[p]['edit']:.3f}" for p in paths) + " |")
+    print("| K/V bank MiB | " + " | ".join(f"{results[p]['kv MiB']:.1f}" for p in paths) + " |")
+    print("| inversion MiB | " + " | ".join(f"{results[p]['inversion MiB']:.1f}" for p in paths) + " |")
     if device.type == "cuda":
         print("| host-device syncs in one edit | " + " | ".join(str(results[p]["syncs"]) for p in paths) + " |")
     for path in paths:
@@ -353,7 +409,21 @@ def print_report(results: dict, firsts: dict, dragbench: float | None, layouts: 
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Every number and the device, before a model is built: a :class:`UsageError` otherwise."""
+    """Every number, the device and the model, before a model is built: a :class:`UsageError`
+    otherwise. Settles ``--arch`` (``--model``'s own, or SD 1.5) and ``--resolution`` (see the top)."""
+    if args.model and args.arch:
+        raise UsageError(f"--arch picks the shapes of random weights; --model {args.model} brings its own")
+    device, _ = pick_device_and_dtype(args.device, args.dtype)
+    if args.model:
+        check_model_source(args.model, "--model", ("model_index.json",), hub_unreachable())
+        sdxl = fastdrag_pipeline_name(args.model) == "StableDiffusionXLFastDragPipeline"
+        args.arch = "sdxl" if sdxl else "sd15"
+    args.arch = args.arch or "sd15"
+    args.resolution_why = ""
+    if args.resolution is None:
+        args.resolution = DEFAULT_RESOLUTION[args.arch]
+        if args.arch == "sdxl" and device.type == "cpu":
+            args.resolution, args.resolution_why = SDXL_CPU_RESOLUTION, f"the CPU's default for {ARCHS[args.arch]}"
     at_least(args.resolution, 8, "--resolution")
     if args.resolution % 8:
         raise UsageError(f"--resolution must be a multiple of 8, got {args.resolution}")
@@ -366,14 +436,24 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_schedule(args.steps, args.strength, DEFAULT_TRAIN_STEPS)
     except ValueError as error:
         raise UsageError(str(error)) from error
-    pick_device_and_dtype(args.device, args.dtype)
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked and settled (:func:`check_arguments`)."""
+    args = build_parser().parse_args(argv)
+    check_arguments(args)
+    return args
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=DTYPES)
-    parser.add_argument("--resolution", type=int, default=512, help="square image side, a multiple of 8")
+    parser.add_argument("--arch", choices=list(ARCHS),
+                        help="shapes of the random weights: sd15 (default) or sdxl; --model brings its own")
+    parser.add_argument("--resolution", type=int,
+                        help="square image side, a multiple of 8 (default 512 for sd15; for sdxl 1024, or "
+                             f"{SDXL_CPU_RESOLUTION} on the CPU)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--strength", type=float, default=DEFAULT_STRENGTH)
     parser.add_argument("--prompt", default="a photo")
@@ -391,14 +471,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stand-in-graphs", action="store_true",
                         help="off CUDA, time the graph path with a stand-in capture (tests the plumbing, not CUDA)")
     parser.add_argument("--sdpa", default="default", choices=["default", "math", "flash", "efficient", "cudnn"])
-    parser.add_argument("--model", help="load real weights (Hub id or folder) instead of random SD 1.5 shapes")
+    parser.add_argument("--model", help="load real weights (Hub id or folder, SD or SDXL) instead of random ones")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads on the CPU")
     return parser
 
 
 def main() -> None:
-    args = build_parser().parse_args()
-    check_arguments(args)
+    args = parse_arguments()
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -409,7 +488,7 @@ def main() -> None:
 
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
     start = time.perf_counter()
-    pipe = load_pipeline(args, dtype).to(device)
+    pipe = build_pipeline(args, dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     built = time.perf_counter() - start
     inputs = benchmark_inputs(args.resolution)
@@ -429,6 +508,8 @@ def main() -> None:
         if args.compile:
             compile_unet(pipe, args)
             results["compile"] = measure_path(pipe, inputs, args, device, "compile")
+    del pipe  # the fresh processes build their own: two full-size SDXL models may not fit at once
+    gc.collect()
     firsts = {}
     if not args.no_first_edit:
         for path in ["eager", "graphs"] if graphs else ["eager"]:

@@ -12,7 +12,7 @@ short still says the most):
   2b   the first edit in a fresh process (eager, graphs);
   2c   ``--compile``: edit and re-drag of the compiled UNet against its floor;
   3    the warp on the GPU, with the sync check;
-  4    SDXL-shaped random weights, float16, 1024x1024, eager and graphs (not built yet: a row says so);
+  4    SDXL-shaped random weights, float16, 1024x1024, eager and graphs against their floors, K/V bank;
   5    bfloat16, and channels_last, if time is left.
 
 Each step runs in its own process with a time budget; one that runs past it is killed, one that
@@ -101,6 +101,7 @@ DOWNLOAD_HINT = ("python benchmarks/gpu_suite.py --download-wheels .whl --python
 
 # SD 1.5 timings: the configuration of the fast-path issue's targets, and its tiny stand-in.
 SD15 = ["--device", "cuda", "--dtype", "float16", "--resolution", "512"]
+SDXL = ["--arch", "sdxl", "--device", "cuda", "--dtype", "float16", "--resolution", "1024"]
 SD15_DRY = ["--device", "cpu", "--dtype", "float32", "--resolution", "32", "--stand-in-graphs", "--compile-backend", "eager"]
 
 
@@ -188,7 +189,7 @@ class Suite:
         (self.out / "logs").mkdir(exist_ok=True)
         self.run_info = self.describe_run()
         self.write()
-        if self.dry and any(step.name.startswith("sd15") or step.name == "variants" for step in self.steps):
+        if self.dry and any(step.name.startswith(("sd15", "sdxl")) or step.name == "variants" for step in self.steps):
             self.model = self.make_tiny_model()
         for step in self.steps:
             budget = min(self.args.step_budget.get(step.name, step.dry_budget if self.dry else step.budget),
@@ -282,7 +283,8 @@ class Suite:
         }
 
     def make_tiny_model(self) -> str:
-        """The dry run's model: the tests' tiny random pipeline, saved once for every step."""
+        """The dry run's model: the tests' tiny random pipeline, saved once for every step (the SDXL step
+        saves its tiny SDXL model beside it)."""
         folder = self.out / "tiny-model"
         code = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from tiny_models import save_tiny_model; "
                 f"save_tiny_model({str(folder)!r})")
@@ -385,12 +387,12 @@ def step_sd15(rows: Rows, argv: list[str]) -> None:
     from fastdrag.apps.cli import pick_device_and_dtype
 
     command = bench_command(argv)
-    args = bench.build_parser().parse_args(argv)
+    args = bench.parse_arguments(argv)
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    pipe = bench.load_pipeline(args, dtype).to(device)
+    pipe = bench.build_pipeline(args, dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     rows.add("model build (not in any figure)", time.perf_counter() - start, command)
     inputs = bench.benchmark_inputs(args.resolution)
@@ -423,7 +425,7 @@ def step_first_edit(rows: Rows, argv: list[str]) -> None:
     import torch
 
     bench, _ = bench_modules()
-    args = bench.build_parser().parse_args(argv)
+    args = bench.parse_arguments(argv)
     paths = ["eager", "graphs"] if bench.graphs_wanted(args, torch.device(args.device)) else ["eager"]
     for path in paths:
         command = bench_command([*argv, "--first-edit", path])
@@ -438,9 +440,9 @@ def step_compile(rows: Rows, argv: list[str]) -> None:
     from fastdrag.apps.cli import pick_device_and_dtype
 
     command = bench_command(argv)
-    args = bench.build_parser().parse_args(argv)
+    args = bench.parse_arguments(argv)
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
-    pipe = bench.load_pipeline(args, dtype).to(device)
+    pipe = bench.build_pipeline(args, dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     start = time.perf_counter()
     bench.compile_unet(pipe, args)
@@ -464,22 +466,48 @@ def step_warp(rows: Rows, dry: bool) -> None:
              "not checked: no CUDA (dry run)" if dry else "yes", command, met=None if dry else True)
 
 
-def step_sdxl(rows: Rows, dry: bool) -> None:
-    """SDXL-shaped random weights, float16, 1024x1024, eager and graphs.
+def step_sdxl(rows: Rows, argv: list[str]) -> None:
+    """SDXL-shaped random weights, float16, 1024x1024 (the dry run: a tiny SDXL model on the CPU):
+    eager and graphs against their floors, the K/V bank and the peak memory."""
+    import torch
 
-    To add when the SDXL pipeline exists: build it with SDXL-shaped random weights (a
-    ``random_sdxl_pipeline`` in testing.py beside ``random_sd15_pipeline``), then time it as
-    :func:`step_sd15` does (bench_speed's ``measure_path`` for "eager" and "graphs"), at 1024x1024 in
-    float16 (a tiny SDXL model on the CPU in the dry run).
-    """
-    import fastdrag
+    bench, _ = bench_modules()
+    from fastdrag.apps.cli import pick_device_and_dtype
 
-    if not hasattr(fastdrag, "StableDiffusionXLFastDragPipeline"):
-        rows.add("SDXL edit and re-drag, eager and graphs", "not built yet: fastdrag has no SDXL pipeline", "",
-                 met=False)
-        rows.status("not built yet")
-        return
-    raise NotImplementedError("fastdrag has an SDXL pipeline: write its timings here (see this function's docstring)")
+    command = bench_command(argv)
+    args = bench.parse_arguments(argv)
+    device, dtype = pick_device_and_dtype(args.device, args.dtype)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    pipe = bench.build_pipeline(args, dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    rows.add("SDXL model build (not in any figure)", time.perf_counter() - start, command)
+    inputs = bench.benchmark_inputs(args.resolution)
+    for path in ("eager", "graphs"):
+        if path == "graphs":
+            bench.enable_graphs(pipe, device)
+        result = bench.measure_path(pipe, inputs, args, device, path)
+        for figure in ("edit", "re-drag", "floor"):
+            rows.add(f"SDXL {path}: {figure}", result[figure], command)
+        rows.add(f"SDXL {path}: edit / floor", result["edit"] / result["floor"], command, unit="")
+    rows.add("SDXL K/V bank", result["kv MiB"], command, unit="MiB")
+    rows.add("SDXL peak memory", bench.peak_memory_text(device), command)
+
+
+def sdxl_args(dry: bool, model: str | None) -> list[str]:
+    """bench_speed's arguments for the SDXL step (the dry run's: a tiny SDXL model saved beside the
+    tiny SD one, one timed run)."""
+    if dry:
+        folder = Path(model or "TINY_MODEL").parent / "tiny-sdxl-model"
+        if model and not folder.exists():
+            sys.path.insert(0, str(REPO / "tests"))
+            from tiny_models import save_tiny_sdxl_model
+
+            save_tiny_sdxl_model(folder)
+        return [*SD15_DRY, "--model", str(folder), "--warmup", "0", "--repeats", "1", "--no-first-edit",
+                "--dragbench", "0"]
+    return [*SDXL, "--warmup", "1", "--repeats", "3", "--no-first-edit", "--dragbench", "0"]
 
 
 def step_variants(rows: Rows, argv: list[str]) -> None:
@@ -491,9 +519,9 @@ def step_variants(rows: Rows, argv: list[str]) -> None:
     from fastdrag.apps.cli import pick_device_and_dtype
 
     bf16 = with_option(argv, "--dtype", "bfloat16")
-    args = bench.build_parser().parse_args(bf16)
+    args = bench.parse_arguments(bf16)
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
-    pipe = bench.load_pipeline(args, dtype).to(device)
+    pipe = bench.build_pipeline(args, dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     inputs = bench.benchmark_inputs(args.resolution)
     bf16_command = bench_command([*bf16, "--no-first-edit", "--dragbench", "0"])
@@ -505,9 +533,9 @@ def step_variants(rows: Rows, argv: list[str]) -> None:
         rows.add(f"bfloat16, {path}: re-drag", redrag, bf16_command)
     del pipe
 
-    args = bench.build_parser().parse_args(argv)
+    args = bench.parse_arguments(argv)
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
-    pipe = bench.load_pipeline(args, dtype).to(device)
+    pipe = bench.build_pipeline(args, dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     layouts_command = bench_command([*argv, "--vae-layouts", "--no-first-edit", "--dragbench", "0"])
     for name, (encode, decode, same) in bench.vae_layouts(pipe, inputs, device, args.repeats).items():
@@ -551,7 +579,7 @@ def run_step(args: argparse.Namespace) -> None:
     elif args.step == "warp":
         step_warp(rows, dry)
     elif args.step == "sdxl":
-        step_sdxl(rows, dry)
+        step_sdxl(rows, sdxl_args(dry, model))
     elif args.step == "variants":
         step_variants(rows, sd15_args(dry, model, warmup=1, repeats=3))
 

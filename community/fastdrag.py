@@ -471,6 +471,10 @@ class GraphCache:
 
 DEFAULT_STEPS = 10
 DEFAULT_STRENGTH = 0.7
+# Classifier-free guidance while sampling: off by default, as the method edits; the bound keeps huge
+# values (1e308) from overflowing into NaN, far beyond any useful one.
+DEFAULT_GUIDANCE_SCALE = 1.0
+MAX_GUIDANCE_SCALE = 100.0
 # How the pixels the warp leaves empty are filled (docs/method.md section 4).
 FILL_MODES = ("bnni", "original", "zeros", "noise")
 DEFAULT_FILL = "bnni"
@@ -1596,8 +1600,6 @@ def edit_latents(
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-# Far beyond any useful value: a bound that keeps huge values (1e308) from overflowing into NaN.
-MAX_GUIDANCE_SCALE = 100.0
 # A call's embedding arguments -> the tensor of a Conditioning they stand for (Conditioning.tensors("")).
 EMBEDDING_ARGUMENTS = {"prompt_embeds": "prompt_embeds", "pooled_prompt_embeds": "added.text_embeds"}
 # The components whose weights an inversion belongs to (those a pipeline lacks count as None).
@@ -2922,7 +2924,7 @@ class StableDiffusionFastDragPipeline(
         prompt: str | None = None,
         num_inference_steps: int | None = None,
         inversion_strength: float | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         negative_prompt: str | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,

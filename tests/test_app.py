@@ -11,20 +11,21 @@ from fastdrag.apps.app import (
     Session,
     add_point,
     clear_points,
+    edit_session,
     fit_size,
     load_editor_value,
     painted_mask,
     points_text,
     points_view,
     preview_view,
-    run_edit,
     undo_point,
     use_as_input,
     view_zoom,
 )
+from fastdrag.apps.options import EditOptions
 
 
-ADVANCED = {"prompt": "", "steps": 10, "strength": 0.7, "fill": "bnni", "consistency": True}
+ADVANCED = EditOptions(prompt="", num_inference_steps=10, inversion_strength=0.7, fill="bnni", preserve_consistency=True)
 
 
 @pytest.mark.parametrize(
@@ -104,27 +105,27 @@ def session_with_drag() -> Session:
 def test_second_run_reuses_the_inversion_and_runs_only_sampling():
     calls = []
     holder, session = tiny_holder(calls), session_with_drag()
-    first = run_edit(holder, session, **ADVANCED)
+    first = edit_session(holder, session, ADVANCED)
     assert first.image.shape == (32, 32, 3) and first.image.dtype == np.uint8 and not first.reused
     assert len(calls) == 14 and "inversion" in first.times
-    second = run_edit(holder, session, **ADVANCED)
+    second = edit_session(holder, session, ADVANCED)
     assert second.reused and len(calls) == 14 + 7 and set(second.times) == {"warp", "sampling", "decode"}
     assert np.array_equal(first.image, second.image)  # same drag, same image
     assert "cached inversion reused" in second.status()
 
-    run_edit(holder, session, **{**ADVANCED, "strength": 0.5})  # another schedule: inverted again
+    edit_session(holder, session, ADVANCED.replace(inversion_strength=0.5))  # another schedule: inverted again
     assert len(calls) == 21 + 10
 
 
 def test_user_errors_are_messages_and_the_app_goes_on():
     holder = tiny_holder()
     with pytest.raises(AppError, match="upload an image first"):
-        run_edit(holder, Session(), **ADVANCED)
+        edit_session(holder, Session(), ADVANCED)
     with pytest.raises(AppError, match="add at least one drag"):
-        run_edit(holder, Session(image=np.zeros((32, 32, 3), np.uint8)), **ADVANCED)
+        edit_session(holder, Session(image=np.zeros((32, 32, 3), np.uint8)), ADVANCED)
     with pytest.raises(AppError, match="`num_inference_steps` must be"):
-        run_edit(holder, session_with_drag(), **{**ADVANCED, "steps": 0})
-    assert run_edit(holder, session_with_drag(), **ADVANCED).image.shape == (32, 32, 3)
+        edit_session(holder, session_with_drag(), ADVANCED.replace(num_inference_steps=0))
+    assert edit_session(holder, session_with_drag(), ADVANCED).image.shape == (32, 32, 3)
 
 
 def test_a_model_that_cannot_load_is_reported_every_time_without_retrying():
@@ -137,7 +138,7 @@ def test_a_model_that_cannot_load_is_reported_every_time_without_retrying():
     holder = PipelineHolder(load)
     for _ in range(2):
         with pytest.raises(AppError, match="the model could not be loaded: no file named model_index.json"):
-            run_edit(holder, session_with_drag(), **ADVANCED)
+            edit_session(holder, session_with_drag(), ADVANCED)
     assert attempts == [1]
 
 

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_models import save_tiny_model
+from tiny_models import save_tiny_model, save_tiny_sdxl_model
 
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_speed.py"
@@ -24,6 +24,43 @@ def test_bench_speed_prints_its_table(tmp_path):
     assert "first edit of a fresh pipeline (eager, model build excluded)" in out
     assert "dragbench run, steady seconds per sample (3 samples)" in out
     assert "- VAE in channels_last: encode" in out
+    kv = next(line for line in out.splitlines() if line.startswith("| K/V bank MiB |"))
+    assert float(kv.split("|")[2]) > 0
+    assert "| inversion MiB |" in out
+
+
+def test_bench_speed_times_an_sdxl_model_against_its_floor(tmp_path):
+    """``--model`` of an SDXL folder: the SDXL pipeline, and a floor with SDXL's text and added conditioning."""
+    model = save_tiny_sdxl_model(tmp_path / "model")
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--model", model, "--resolution", "32", "--warmup", "0", "--dragbench", "2"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for row in ("| **edit** |", "| **floor** |", "| K/V bank MiB |", "first edit of a fresh pipeline (eager"):
+        assert row in done.stdout
+
+
+def test_the_floors_sdxl_conditioning_is_what_an_sdxl_unet_takes():
+    import torch
+    from tiny_models import tiny_sdxl_components
+
+    sys.path.insert(0, str(BENCH.parent))
+    import bench_speed
+
+    class Parts:  # the components the floor reads, without a pipeline
+        def __init__(self, **components):
+            self.__dict__.update(components)
+
+    pipe = Parts(**tiny_sdxl_components())
+    assert bench_speed.is_sdxl(pipe)
+    embeds, unet_kwargs = bench_speed.floor_text(pipe, "a photo", torch.device("cpu"), 32)
+    added = unet_kwargs["added_cond_kwargs"]
+    assert added["time_ids"].tolist() == [[32, 32, 0, 0, 32, 32]]
+    latents = torch.zeros(1, 4, 16, 16)
+    calls = bench_speed.BareUNetCalls(pipe, latents, embeds, [999, 500], graphed=False, unet_kwargs=unet_kwargs)
+    with torch.no_grad():
+        assert calls.run_eagerly().shape == latents.shape
 
 
 BENCHMARKS = BENCH.parent
@@ -35,6 +72,12 @@ BENCHMARKS = BENCH.parent
         ("bench_speed.py", ["--device", "cuda"], "--device cuda: this torch has no CUDA"),
         ("bench_speed.py", ["--resolution", "100"], "--resolution must be a multiple of 8, got 100"),
         ("bench_speed.py", ["--steps", "0"], "`num_inference_steps` must be an integer >= 1"),
+        # --arch is taken (the resolution is the next error), and checked before any model is built
+        ("bench_speed.py", ["--arch", "sdxl", "--resolution", "100"], "--resolution must be a multiple of 8, got 100"),
+        ("bench_speed.py", ["--arch", "sdxl", "--steps", "0"], "`num_inference_steps` must be an integer >= 1"),
+        ("bench_speed.py", ["--arch", "sd3"], "argument --arch: invalid choice: 'sd3'"),
+        ("bench_speed.py", ["--arch", "sdxl", "--model", "."], "--arch picks the shapes of random weights; --model"),
+        ("bench_speed.py", ["--model", "no/such/model"], "--model no/such/model: no such folder"),
         ("bench_warpage.py", ["--repeats", "0"], "--repeats must be at least 1, got 0"),
         ("shapedrag_ablations.py", ["--model", "no/such/model"], "--model no/such/model: no such folder"),
         ("train_shapes_model.py", ["--ema", "1.5"], "--ema must be in [0, 1), got 1.5"),

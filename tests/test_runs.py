@@ -22,7 +22,7 @@ from tiny_models import save_tiny_model, tiny_components, tiny_image, write_drag
 
 from fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.apps import dragbench
-from fastdrag.apps.app import InversionCache, PipelineHolder, Session, add_point, build_app, run_edit
+from fastdrag.apps.app import InversionCache, PipelineHolder, Session, add_point, build_app, edit_session
 from fastdrag.apps.cli import main
 from fastdrag.apps.dragbench import (
     RESULTS_FILE,
@@ -34,6 +34,7 @@ from fastdrag.apps.dragbench import (
     run_dragbench,
 )
 from fastdrag.apps.metrics import evaluate
+from fastdrag.apps.options import EditOptions
 
 
 SAMPLES = {f"cat{i % 2}/s{i}": [[8 + i, 10], [12 + i, 12]] for i in range(6)}
@@ -326,20 +327,20 @@ def test_cached_inversions_are_shared_and_bounded_and_freed():
     import gc
 
     holder = PipelineHolder(lambda: StableDiffusionFastDragPipeline(**tiny_components()))
-    options = dict(prompt="", steps=10, strength=0.7, fill="bnni", consistency=True)
-    first = run_edit(holder, session_with(0), **options)
+    options = EditOptions(prompt="", num_inference_steps=10, inversion_strength=0.7, fill="bnni", preserve_consistency=True)
+    first = edit_session(holder, session_with(0), options)
     assert not first.reused and len(holder.inversions) == 1
-    assert run_edit(holder, session_with(0), **options).reused  # another tab, the same image
+    assert edit_session(holder, session_with(0), options).reused  # another tab, the same image
     oldest = next(iter(holder.inversions._items.values()))
     kept = [weakref.ref(oldest.latents), *(weakref.ref(t) for t in oldest.kv_bank.keys.values())]
     holder.inversions.budget = 2 * oldest.nbytes  # room for two
     del oldest
     for seed in (1, 2):
-        run_edit(holder, session_with(seed), **options)
+        edit_session(holder, session_with(seed), options)
     assert len(holder.inversions) == 2 and holder.inversions.nbytes <= holder.inversions.budget
     gc.collect()
     assert all(ref() is None for ref in kept)  # the evicted inversion's tensors are freed
-    assert not run_edit(holder, session_with(0), **options).reused
+    assert not edit_session(holder, session_with(0), options).reused
 
     small = InversionCache(budget=10)
     small.put(("k",), holder.inversions.get(next(iter(holder.inversions._items))))
