@@ -381,6 +381,17 @@ def bench_modules():
 def step_sd15(rows: Rows, argv: list[str]) -> None:
     """Eager and graphs, each against its floor; the DragBench runner (graphs on, as `dragbench run`
     does); the K/V bank and the peak memory."""
+    bench, pipe, args, device, command = time_eager_and_graphs(rows, argv, "", targets=True)
+    seconds = bench.dragbench_seconds(pipe, args, device)
+    rows.add(f"dragbench run, steady seconds per sample ({args.dragbench} samples, graphs)", seconds, command,
+             target=bench.TARGETS["dragbench s/sample"])
+    add_memory_rows(rows, bench, pipe, device, command, "")
+
+
+def time_eager_and_graphs(rows: Rows, argv: list[str], label: str, targets: bool) -> tuple:
+    """Build bench_speed's pipeline for ``argv`` and time its eager and graph paths against their
+    floors, rows named with ``label`` (the targets are SD 1.5's on an H100, so only its rows have
+    them); returns ``(bench_speed, pipe, args, device, command)``."""
     import torch
 
     bench, _ = bench_modules()
@@ -394,31 +405,35 @@ def step_sd15(rows: Rows, argv: list[str]) -> None:
     start = time.perf_counter()
     pipe = bench.build_pipeline(args, dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
-    rows.add("model build (not in any figure)", time.perf_counter() - start, command)
+    rows.add(f"{label}model build (not in any figure)", time.perf_counter() - start, command)
     inputs = bench.benchmark_inputs(args.resolution)
     for path in ("eager", "graphs"):
         if path == "graphs":
             bench.enable_graphs(pipe, device)
         result = bench.measure_path(pipe, inputs, args, device, path)
-        add_path_rows(rows, bench, path, result, command, device)
-    seconds = bench.dragbench_seconds(pipe, args, device)
-    rows.add(f"dragbench run, steady seconds per sample ({args.dragbench} samples, graphs)", seconds, command,
-             target=bench.TARGETS["dragbench s/sample"])
-    rows.add("K/V bank", result["kv MiB"], command, unit="MiB")
-    rows.add("peak memory", bench.peak_memory_text(device), command)
+        add_path_rows(rows, bench, path, result, command, device, label, targets)
+    return bench, pipe, args, device, command
 
 
-def add_path_rows(rows: Rows, bench, path: str, result: dict, command: str, device) -> None:
-    targets = bench.TARGETS.get(path, {})
-    rows.add(f"{path}: edit", result["edit"], command, target=targets.get("edit"))
-    rows.add(f"{path}: re-drag", result["re-drag"], command, target=targets.get("re-drag"))
-    rows.add(f"{path}: floor", result["floor"], command)
-    rows.add(f"{path}: edit / floor", result["edit"] / result["floor"], command, unit="", target=targets.get("edit / floor"))
+def add_memory_rows(rows: Rows, bench, pipe, device, command: str, label: str) -> None:
+    bank = pipe.attention_replay.bank
+    rows.add(f"{label}K/V bank", bank.nbytes / 2**20 if bank is not None else 0.0, command, unit="MiB")
+    rows.add(f"{label}peak memory", bench.peak_memory_text(device), command)
+
+
+def add_path_rows(rows: Rows, bench, path: str, result: dict, command: str, device, label: str = "",
+                  targets: bool = True) -> None:
+    goals = bench.TARGETS.get(path, {}) if targets else {}
+    rows.add(f"{label}{path}: edit", result["edit"], command, target=goals.get("edit"))
+    rows.add(f"{label}{path}: re-drag", result["re-drag"], command, target=goals.get("re-drag"))
+    rows.add(f"{label}{path}: floor", result["floor"], command)
+    rows.add(f"{label}{path}: edit / floor", result["edit"] / result["floor"], command, unit="",
+             target=goals.get("edit / floor"))
     # The warp's own target (0.3 ms) is for its graph replay inside an edit.
-    rows.add(f"{path}: warp phase of an edit", result["phases"].get("warp", 0.0) * 1e3, command, unit="ms",
-             target=0.3 if path == "graphs" else None)
+    rows.add(f"{label}{path}: warp phase of an edit", result["phases"].get("warp", 0.0) * 1e3, command, unit="ms",
+             target=0.3 if path == "graphs" and targets else None)
     if device.type == "cuda":
-        rows.add(f"{path}: host-device syncs in one edit", result["syncs"], command, unit="")
+        rows.add(f"{label}{path}: host-device syncs in one edit", result["syncs"], command, unit="")
 
 
 def step_first_edit(rows: Rows, argv: list[str]) -> None:
@@ -469,30 +484,8 @@ def step_warp(rows: Rows, dry: bool) -> None:
 def step_sdxl(rows: Rows, argv: list[str]) -> None:
     """SDXL-shaped random weights, float16, 1024x1024 (the dry run: a tiny SDXL model on the CPU):
     eager and graphs against their floors, the K/V bank and the peak memory."""
-    import torch
-
-    bench, _ = bench_modules()
-    from fastdrag.apps.cli import pick_device_and_dtype
-
-    command = bench_command(argv)
-    args = bench.parse_arguments(argv)
-    device, dtype = pick_device_and_dtype(args.device, args.dtype)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    pipe = bench.build_pipeline(args, dtype).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    rows.add("SDXL model build (not in any figure)", time.perf_counter() - start, command)
-    inputs = bench.benchmark_inputs(args.resolution)
-    for path in ("eager", "graphs"):
-        if path == "graphs":
-            bench.enable_graphs(pipe, device)
-        result = bench.measure_path(pipe, inputs, args, device, path)
-        for figure in ("edit", "re-drag", "floor"):
-            rows.add(f"SDXL {path}: {figure}", result[figure], command)
-        rows.add(f"SDXL {path}: edit / floor", result["edit"] / result["floor"], command, unit="")
-    rows.add("SDXL K/V bank", result["kv MiB"], command, unit="MiB")
-    rows.add("SDXL peak memory", bench.peak_memory_text(device), command)
+    bench, pipe, _, device, command = time_eager_and_graphs(rows, argv, "SDXL ", targets=False)
+    add_memory_rows(rows, bench, pipe, device, command, "SDXL ")
 
 
 def sdxl_args(dry: bool, model: str | None) -> list[str]:
