@@ -352,9 +352,9 @@ def warp_and_decode(pipe, image, mask: np.ndarray, handles, targets, mode: str =
     and no sampling: what the VAE and the warp do alone. Same inputs as ``pipe(...)``; returns a PIL
     image."""
     device = pipe._execution_device
-    size = pipe.check_image(image)
-    pixels, latent_mask, handles, targets = pipe.preprocess(image, mask, handles, targets, size, device)
-    latents = edit_latents(pipe.encode_image(pixels, device), latent_mask, handles, targets, mode=mode, fill=fill)
+    edit = pipe.preprocess(pipe.check_edit(image, handles, targets, mask, fill, mode, None), device)
+    latents = pipe.encode_image(edit.pixels, device)
+    latents = edit_latents(latents, edit.mask, edit.handles, edit.targets, mode=mode, fill=fill, validate=False)
     return pipe.image_processor.postprocess(pipe.decode_image(latents), output_type="pil")[0]
 
 

@@ -82,14 +82,17 @@ DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024}
 SDXL_CPU_RESOLUTION = 256  # the full-size SDXL UNet at 1024 takes minutes per call on a few CPU cores
 
 
-def build_pipeline(args, dtype: torch.dtype):
-    """The timed pipeline: ``--model``'s weights in the FastDrag pipeline its folder names, or random
-    weights of ``--arch``'s shapes in ``dtype``."""
+def build_pipeline(args, dtype: torch.dtype, device: torch.device):
+    """The timed pipeline on ``device``: ``--model``'s weights in the FastDrag pipeline its folder
+    names, or random weights of ``--arch``'s shapes in ``dtype``, drawn on ``device`` (SDXL's 3.5
+    billion take a minute to draw on a CPU)."""
     if args.model:
         pipeline_class = pipeline_class_for(args.model)
         extra = {"safety_checker": None} if "safety_checker" in pipeline_class._optional_components else {}
-        return pipeline_class.from_pretrained(args.model, **from_pretrained_dtype(dtype), **extra)
-    return (random_sdxl_pipeline if args.arch == "sdxl" else random_sd15_pipeline)(dtype)
+        return pipeline_class.from_pretrained(args.model, **from_pretrained_dtype(dtype), **extra).to(device)
+    with torch.device(device):
+        pipe = (random_sdxl_pipeline if args.arch == "sdxl" else random_sd15_pipeline)(dtype)
+    return pipe.to(device)
 
 
 def graphs_wanted(args, device: torch.device) -> bool:
@@ -281,7 +284,7 @@ def measure_path(pipe, inputs, args, device, path: str) -> dict:
 def first_edit(args) -> dict:
     """In this (fresh) process: build the pipeline, then time its first edit and the next one."""
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
-    pipe = build_pipeline(args, dtype).to(device)
+    pipe = build_pipeline(args, dtype, device)
     pipe.set_progress_bar_config(disable=True)
     if args.first_edit == "graphs":
         enable_graphs(pipe, device)
@@ -488,7 +491,7 @@ def main() -> None:
 
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
     start = time.perf_counter()
-    pipe = build_pipeline(args, dtype).to(device)
+    pipe = build_pipeline(args, dtype, device)
     pipe.set_progress_bar_config(disable=True)
     built = time.perf_counter() - start
     inputs = benchmark_inputs(args.resolution)

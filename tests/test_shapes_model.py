@@ -17,7 +17,7 @@ from PIL import Image
 
 import fastdrag.fastdrag_core as core_module
 from fastdrag import StableDiffusionFastDragPipeline
-from fastdrag.apps.shapes import psnr, random_drag_case, render, score_drag, summarise, to_uint8
+from fastdrag.apps.shapes import psnr, random_drag_case, render, score_drag, summarise, to_uint8, warp_and_decode
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +84,15 @@ def test_a_zero_length_drag_gives_back_the_image(shapes_pipe, samples):
                              mask=case.mask).images[0]
         trips.append(psnr(np.asarray(edited, dtype=np.float32) / 255, original / 255.0))
     assert np.mean(trips) > 28.0 and min(trips) > 25.0, trips  # the VAE alone: 31.4 dB on average
+
+
+def test_the_no_diffusion_baseline_round_trips_and_moves(shapes_pipe, samples):
+    # BENCHMARKS' "warp the clean latent, decode" row and its round trip.
+    case, original = samples[0]
+    still = warp_and_decode(shapes_pipe, Image.fromarray(original), case.mask, [case.handle], [case.handle])
+    assert psnr(np.asarray(still, dtype=np.float32) / 255, original / 255.0) > 25.0
+    moved = warp_and_decode(shapes_pipe, Image.fromarray(original), case.mask, [case.handle], [case.target])
+    assert score_drag(moved, case)["distance"] < 6.0
 
 
 def test_a_drag_moves_the_object_to_its_target(shapes_pipe, samples):
