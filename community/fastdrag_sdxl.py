@@ -2744,9 +2744,10 @@ class StableDiffusionXLFastDragPipeline(
         callback_on_step_end_tensor_inputs,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         max_drags: int = MAX_DRAGS,
-    ) -> EditInputs:
+    ) -> tuple[EditInputs, dict[str, tuple[int, int]]]:
         """Raise ``ValueError`` or ``TypeError`` on anything a caller can get wrong, before any model
-        runs; return the image, mask and drags checked and converted (see ``inputs.EditInputs``)."""
+        runs; return the image, mask and drags checked and converted (see ``inputs.EditInputs``), and
+        the micro-conditioning sizes with their defaults (a cached inversion's own)."""
         self.check_prompt(
             prompt,
             prompt_2,
@@ -2793,7 +2794,9 @@ class StableDiffusionXLFastDragPipeline(
             )
         for pooled in (pooled_prompt_embeds if inversion is None else None, negative_pooled_prompt_embeds):
             self.check_added_conditioning(pooled)
-        return edit
+        if inversion is not None:
+            return edit, {name: inversion.conditions[name] for name in SIZES}
+        return edit, self.resolved_sizes(sizes, edit.size)
 
     def check_prompt(
         self,
@@ -3191,7 +3194,7 @@ class StableDiffusionXLFastDragPipeline(
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
         # 1. Check inputs. Raise error if not correct, before any model runs.
-        edit = self.check_inputs(
+        edit, sizes = self.check_inputs(
             image,
             handle_points,
             target_points,
@@ -3223,11 +3226,9 @@ class StableDiffusionXLFastDragPipeline(
 
         # 2. Define call parameters: a cached inversion brings its conditioning and schedule.
         if inversion is not None:
-            prompt, prompt_2, sizes = None, None, {name: inversion.conditions[name] for name in SIZES}
+            prompt, prompt_2 = None, None
             prompt_embeds, pooled_prompt_embeds = inversion.prompt_embeds, inversion.conditioning.added["text_embeds"]
             num_inference_steps, inversion_strength = inversion.num_inference_steps, inversion.inversion_strength
-        else:
-            sizes = self.resolved_sizes(self.check_sizes(original_size, crops_coords_top_left, target_size), edit.size)
         schedule = self.schedule(num_inference_steps, inversion_strength)
         self.start_call(guidance_scale, schedule)
         device = self._execution_device
