@@ -128,7 +128,8 @@ class StableDiffusionXLFastDragPipeline(
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
     _optional_components = ["tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "inverse_scheduler"]
-    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+    # Each the conditional half (Diffusers' SDXL pipelines pass both halves together).
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "add_text_embeds", "add_time_ids"]
 
     def __init__(
         self,

@@ -1600,6 +1600,8 @@ def edit_latents(
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# The names callback_on_step_end knows SDXL's added conditioning by -> its keys in `Conditioning.added`.
+CALLBACK_ADDED = {"add_text_embeds": "text_embeds", "add_time_ids": "time_ids"}
 # A call's embedding arguments -> the tensor of a Conditioning they stand for (Conditioning.tensors("")).
 EMBEDDING_ARGUMENTS = {"prompt_embeds": "prompt_embeds", "pooled_prompt_embeds": "added.text_embeds"}
 # The components whose weights an inversion belongs to (those a pipeline lacks count as None).
@@ -1645,6 +1647,30 @@ class Conditioning:
         start = f"{prefix}added."
         added = {name.removeprefix(start): t for name, t in tensors.items() if name.startswith(start)}
         return cls(tensors[f"{prefix}prompt_embeds"], added or None)
+
+    def callback_tensors(self, latents: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        """The tensors ``callback_on_step_end`` asked for, by Diffusers' names: ``latents``,
+        ``prompt_embeds`` and, for SDXL, ``add_text_embeds`` and ``add_time_ids``; each the
+        conditional half (the negative one stays as it is)."""
+        available = {"latents": latents, "prompt_embeds": self.prompt_embeds}
+        available.update(
+            {name: self.added[key] for name, key in CALLBACK_ADDED.items() if self.added and key in self.added}
+        )
+        return {name: available[name] for name in names}
+
+    def with_callback_tensors(self, outputs: dict) -> "Conditioning":
+        """This conditioning with the tensors a callback returned in place of its own (each checked to
+        be like the one it replaces); itself when it returned none."""
+        returned = [name for name in ("prompt_embeds", *CALLBACK_ADDED) if name in outputs]
+        if not returned:
+            return self
+        prompt_embeds, added = self.prompt_embeds, dict(self.added) if self.added else None
+        if "prompt_embeds" in outputs:
+            prompt_embeds = checked_callback_tensor(outputs.pop("prompt_embeds"), prompt_embeds, "prompt_embeds")
+        for name, key in CALLBACK_ADDED.items():
+            if name in outputs and added and key in added:
+                added[key] = checked_callback_tensor(outputs.pop(name), added[key], name)
+        return Conditioning(prompt_embeds, added)
 
     def to(self, device: torch.device) -> "Conditioning":
         added = None if self.added is None else {k: v.to(device) for k, v in self.added.items()}
@@ -2454,16 +2480,13 @@ class FastDragMixin:
             latents = self.scheduler.step(noise_pred, t, latents, eta=0.0, return_dict=False)[0]
 
             if callback_on_step_end is not None:
-                # `prompt_embeds` is the conditional half, as the SD pipeline's own tensor inputs.
-                callback_kwargs = {"latents": latents, "prompt_embeds": cond.prompt_embeds}
-                callback_kwargs = {k: callback_kwargs[k] for k in callback_on_step_end_tensor_inputs}
-                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                latents = checked_callback_tensor(callback_outputs.pop("latents", latents), latents, "latents")
-                if "prompt_embeds" in callback_outputs:
-                    embeds = callback_outputs.pop("prompt_embeds")
-                    cond = Conditioning(
-                        checked_callback_tensor(embeds, cond.prompt_embeds, "prompt_embeds"), cond.added
-                    )
+                outputs = callback_on_step_end(
+                    self, i, t, cond.callback_tensors(latents, callback_on_step_end_tensor_inputs)
+                )
+                latents = checked_callback_tensor(outputs.pop("latents", latents), latents, "latents")
+                replaced = cond.with_callback_tensors(outputs)
+                if replaced is not cond:
+                    cond = replaced
                     batched = cond.batched_after(uncond).unet_kwargs() if uncond is not None else None
             if on_step is not None:
                 on_step()

@@ -375,3 +375,28 @@ def test_a_vae_with_latent_statistics_encodes_and_decodes_as_diffusers_does(pipe
     latents = pipe.encode_image(pixels, torch.device("cpu"))
     torch.testing.assert_close(latents, expected)
     torch.testing.assert_close(pipe.decode_image(latents), pipe.vae.decode(raw).sample)
+
+
+def test_diffusers_sdxl_cfg_cutoff_callback_samples_the_rest_without_guidance(pipe):
+    from diffusers.callbacks import SDXLCFGCutoffCallback
+
+    batches = []
+    pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    cutoff = SDXLCFGCutoffCallback(cutoff_step_index=3, cutoff_step_ratio=None)
+    cut = drag(pipe, guidance_scale=3.0, negative_prompt="blurry", callback_on_step_end=cutoff)
+    assert batches == [1] * 7 + [2] * 4 + [1] * 3
+    assert np.abs(cut - drag(pipe, guidance_scale=3.0, negative_prompt="blurry")).max() > 1e-4
+
+
+def test_a_callback_may_replace_the_added_conditioning_but_not_its_shape(pipe):
+    def later_crop(pipeline, i, t, tensors):
+        return {"add_time_ids": tensors["add_time_ids"] + 8}
+
+    args = dict(callback_on_step_end=later_crop, callback_on_step_end_tensor_inputs=["add_time_ids"])
+    assert np.abs(drag(pipe, **args) - drag(pipe)).max() > 1e-4
+
+    def wrong(pipeline, i, t, tensors):
+        return {"add_text_embeds": tensors["add_text_embeds"][:, :4]}
+
+    with pytest.raises(ValueError, match="returned `add_text_embeds` of shape"):
+        drag(pipe, callback_on_step_end=wrong, callback_on_step_end_tensor_inputs=["add_text_embeds"])
