@@ -22,17 +22,14 @@ from ..inputs import (
     MAX_DRAGS,
     MAX_IMAGE_PIXELS,
     MAX_UPLOAD_PIXELS,
-    check_drag_points,
-    check_edit_mode,
-    check_image,
+    check_edit_inputs,
     check_schedule,
     check_seed,
-    mask_to_tensor,
 )
 from ..inputs import open_image as open_image_file
 from .app import DEFAULT_CACHE_MIB, DEFAULT_MAX_SIDE, MIN_MAX_SIDE, PipelineHolder, build_app, launch
 from .compat import from_pretrained_dtype
-from .frontend import draw_arrows, first_line, format_phases, preview_drag
+from .frontend import draw_arrows, first_line, format_phases, preview_edit, to_rgb_array
 from .shapes import SHAPEDRAG_COUNT, SHAPEDRAG_SEED
 
 
@@ -154,27 +151,31 @@ def check_seed_option(seed: int | None) -> None:
 
 
 def read_inputs(args):
-    """``(image, mask, handles, targets, size)`` from the command line, checked without a model."""
+    """``(image, mask, edit)`` from the command line: the files as opened, and the edit checked and
+    converted once (``inputs.EditInputs``), without a model."""
     at_least(args.max_pixels, 1, "--max-pixels")
     at_least(args.max_drags, 1, "--max-drags")
     image = open_image(args.image, args.max_pixels)
     mask = open_image(args.mask, args.max_pixels) if args.mask else None
     handles, targets = [d[0] for d in args.drag], [d[1] for d in args.drag]
     try:
-        size = check_image(image)
-        check_drag_points(handles, targets, size, args.max_drags,
-                          f"raise the limit with --max-drags (now {args.max_drags})")
-        check_edit_mode(args.mode, len(handles), object_given=mask is not None)
-        mask_to_tensor(mask, size)
+        edit = check_edit_inputs(
+            image, handles, targets, mask, args.mode, getattr(args, "fill", DEFAULT_FILL),
+            max_image_pixels=args.max_pixels, max_drags=args.max_drags,
+            how_to_raise=(f"raise the limit with --max-pixels (now {args.max_pixels})",
+                          f"raise the limit with --max-drags (now {args.max_drags})"),
+        )
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from error
-    return image, mask, handles, targets, size
+    return image, mask, edit
 
 
 def run_preview(args) -> None:
     check_output(args.output)
-    image, mask, handles, targets, _ = read_inputs(args)
-    out = preview_drag(image, mask, handles, targets, mode=args.mode)
+    from PIL import Image
+
+    _, _, edit = read_inputs(args)
+    out = Image.fromarray(to_rgb_array(preview_edit(edit)))
     if args.arrows:
         out = draw_arrows(out, args.drag)
     out.save(args.output)
@@ -478,7 +479,8 @@ def edit_options(args):
 def run_edit(args) -> None:
     # Everything that needs no model is checked first: a typo costs seconds, not a model download.
     check_output(args.output)
-    image, mask, handles, targets, (height, width) = read_inputs(args)
+    image, mask, edit = read_inputs(args)
+    (height, width), handles, targets = edit.size, edit.handles, edit.targets
     device, dtype = pick_device_and_dtype(args.device, args.dtype)
     offline = check_pipeline_options(args)
     blocks = model_config(args.model, "vae", offline).get("block_out_channels")

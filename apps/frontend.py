@@ -7,7 +7,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..inputs import DEFAULT_FILL, DEFAULT_MODE, MAX_UPLOAD_PIXELS, check_edit_inputs, image_to_latent_points
+from ..inputs import (
+    DEFAULT_FILL,
+    DEFAULT_MODE,
+    MAX_UPLOAD_PIXELS,
+    EditInputs,
+    check_edit_inputs,
+    image_to_latent_points,
+)
 from ..timing import PHASES
 from ..warpage import edit_latents
 
@@ -31,12 +38,22 @@ def preview_drag(
         array for an array, an RGB PIL image otherwise.
     """
     edit = check_edit_inputs(image, handle_points, target_points, mask, mode, fill, max_image_pixels=max_image_pixels)
-    handles, targets = image_to_latent_points(edit.handles, 1), image_to_latent_points(edit.targets, 1)
-    warped = edit_latents(edit.pixels, edit.mask, handles, targets, mode, fill, validate=False)
+    warped = preview_edit(edit)
     if isinstance(image, torch.Tensor):
         return warped.reshape(image.shape).to(image.dtype)
-    array = (warped[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    array = to_rgb_array(warped)
     return array if isinstance(image, np.ndarray) else Image.fromarray(array)
+
+
+def preview_edit(edit: EditInputs) -> torch.Tensor:
+    """The pixel preview of a checked edit (see :func:`preview_drag`): ``(1, 3, H, W)`` in [0, 1]."""
+    handles, targets = image_to_latent_points(edit.handles, 1), image_to_latent_points(edit.targets, 1)
+    return edit_latents(edit.pixels, edit.mask, handles, targets, edit.mode, edit.fill, validate=False)
+
+
+def to_rgb_array(pixels: torch.Tensor) -> np.ndarray:
+    """``(1, 3, H, W)`` in [0, 1] -> an ``(H, W, 3)`` uint8 array."""
+    return (pixels[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
 def draw_arrows(image, drags, pending: tuple[float, float] | None = None):

@@ -237,8 +237,11 @@ def test_the_cli_passes_its_options_to_the_pipeline(files, monkeypatch):
                  "-o", str(files / "o.png")]) == 0
     kwargs = calls[0]
     assert kwargs["generator"].initial_seed() == 7
+    # The drags as the command line checked them: (K, 2) image (x, y).
+    assert kwargs.pop("handle_points").tolist() == [[10.0, 12.0]]
+    assert kwargs.pop("target_points").tolist() == [[16.0, 12.0]]
     assert {k: v for k, v in kwargs.items() if k != "generator"} == dict(
-        handle_points=[(10.0, 12.0)], target_points=[(16.0, 12.0)], mask=None, prompt="a dog",
+        mask=None, prompt="a dog",
         num_inference_steps=6, inversion_strength=0.5, guidance_scale=3.0, fill="noise", mode="drag",
         preserve_consistency=False, max_image_pixels=5000, max_drags=9,
     )
