@@ -47,6 +47,7 @@ from .inputs import (
     image_to_latent_mask,
     image_to_latent_points,
     image_to_tensor,
+    short_repr,
 )
 from .timing import PhaseClock
 from .warpage import edit_latents, warp_constants
@@ -345,6 +346,10 @@ def check_embeddings(embeds, name: str, ndim: int, width: int | None = None) -> 
     if width is not None and embeds.shape[-1] != width:
         raise ValueError(f"`{name}` must be {width} wide (what this UNet takes), got {tuple(embeds.shape)}")
     check_holds_data(embeds, name)
+    if not embeds.is_floating_point():
+        raise TypeError(f"`{name}` must be a real floating point tensor, got {embeds.dtype}")
+    if not bool(torch.isfinite(embeds).all()):
+        raise ValueError(f"`{name}` holds NaN or infinite values")
 
 
 def check_text_or_embeddings(texts: dict[str, Any], name: str, embeds) -> None:
@@ -362,6 +367,30 @@ def check_same_shape(first, first_name: str, second, second_name: str) -> None:
             f"`{first_name}` and `{second_name}` must have the same shape, got {tuple(first.shape)} and "
             f"{tuple(second.shape)}"
         )
+
+
+def check_token_counts(prompt_embeds, negative_prompt_embeds, tokens: int | None, encodes_negative: bool) -> None:
+    """Under guidance the prompt's and the negative prompt's embeddings go into one UNet call, so
+    they must have one token count: a text is encoded to the tokenizer's ``tokens``, a negative text
+    to as many tokens as the prompt's embeddings (``encodes_negative``: it will be)."""
+    if tokens is None:
+        return
+    if negative_prompt_embeds is not None and prompt_embeds is None and negative_prompt_embeds.shape[1] != tokens:
+        raise ValueError(
+            f"`negative_prompt_embeds` has {negative_prompt_embeds.shape[1]} tokens, but the prompt encodes to "
+            f"{tokens}: give negative embeddings of {tokens} tokens, or `prompt_embeds` as long as yours"
+        )
+    if encodes_negative and prompt_embeds is not None and prompt_embeds.shape[1] > tokens:
+        raise ValueError(
+            f"`prompt_embeds` has {prompt_embeds.shape[1]} tokens, more than the tokenizer's {tokens}, so the negative "
+            "prompt cannot be encoded to match them: pass `negative_prompt_embeds` too"
+        )
+
+
+def check_flag(value, name: str) -> None:
+    """``value`` is a bool (Python's or numpy's), not merely something truthy."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a bool, got {type(value).__name__}")
 
 
 def checked_callback_tensor(new, given: torch.Tensor, name: str) -> torch.Tensor:
@@ -625,16 +654,21 @@ class FastDragMixin:
             max_image_pixels=max_image_pixels, max_drags=max_drags, multiple_of=self.vae_scale_factor,
         )
 
-    def check_call_options(self, guidance_scale, preserve_consistency, generator, output_type, tensor_inputs) -> None:
+    def check_call_options(
+        self, guidance_scale, preserve_consistency, generator, output_type, callback, tensor_inputs
+    ) -> None:
         """The call's options that every FastDrag pipeline shares."""
         check_real(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE_SCALE)
-        if not isinstance(preserve_consistency, (bool, np.bool_)):
-            raise TypeError(f"`preserve_consistency` must be a bool, got {type(preserve_consistency).__name__}")
+        check_flag(preserve_consistency, "preserve_consistency")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"`callback_on_step_end` must be callable or None, got {type(callback).__name__}")
+        if not isinstance(tensor_inputs, (list, tuple)) or not all(isinstance(k, str) for k in tensor_inputs):
+            raise TypeError(f"`callback_on_step_end_tensor_inputs` must be a list of names, got {short_repr(tensor_inputs)}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if tensor_inputs is not None and not all(k in self._callback_tensor_inputs for k in tensor_inputs):
+        if not all(k in self._callback_tensor_inputs for k in tensor_inputs):
             raise ValueError(
                 f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, got {tensor_inputs}"
             )
@@ -892,6 +926,11 @@ class FastDragMixin:
 
             if callback_on_step_end is not None:
                 outputs = callback_on_step_end(self, i, t, cond.callback_tensors(latents, callback_on_step_end_tensor_inputs))
+                if not isinstance(outputs, dict):
+                    raise ValueError(
+                        f"`callback_on_step_end` must return a dict of tensors by name (its `callback_kwargs`, "
+                        f"changed or not), got {type(outputs).__name__}"
+                    )
                 latents = checked_callback_tensor(outputs.pop("latents", latents), latents, "latents")
                 replaced = cond.with_callback_tensors(outputs)
                 if replaced is not cond:

@@ -84,11 +84,11 @@ def check_schedule(num_inference_steps, inversion_strength, max_steps: int) -> i
     if not is_integer(num_inference_steps) or not 1 <= num_inference_steps <= max_steps:
         raise ValueError(
             f"`num_inference_steps` must be an integer >= 1 and <= {max_steps} (the scheduler's training steps), "
-            f"got {_short(num_inference_steps)}"
+            f"got {short_repr(num_inference_steps)}"
         )
     strength = as_finite_float(inversion_strength)
     if strength is None or not 0 < strength <= 1:
-        raise ValueError(f"`inversion_strength` must be in (0, 1], got {_short(inversion_strength)}")
+        raise ValueError(f"`inversion_strength` must be in (0, 1], got {short_repr(inversion_strength)}")
     steps = round(strength * int(num_inference_steps))
     if steps < 1:
         raise ValueError(
@@ -117,11 +117,11 @@ def check_real(value, name: str, low: float, high: float) -> float:
     """``value`` as a float, if it is a real number with ``low <= value <= high``."""
     number = as_finite_float(value)
     if number is None or not low <= number <= high:
-        raise ValueError(f"`{name}` must be a number with {low:g} <= {name} <= {high:g}, got {_short(value)}")
+        raise ValueError(f"`{name}` must be a number with {low:g} <= {name} <= {high:g}, got {short_repr(value)}")
     return number
 
 
-def _short(value, limit: int = 80) -> str:
+def short_repr(value, limit: int = 80) -> str:
     """``repr(value)``, cut to ``limit`` characters: a 400-digit number makes no useful message."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit - 3]}..."
@@ -139,7 +139,7 @@ SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes 0 <= seed < 2**64
 def check_seed(seed, name: str = "seed") -> int:
     """A seed ``torch.Generator.manual_seed`` takes: an integer with ``0 <= seed < 2**64``."""
     if not is_integer(seed) or not 0 <= seed < SEED_LIMIT:
-        raise ValueError(f"{name} must be an integer from 0 to {SEED_LIMIT - 1}, got {_short(seed)}")
+        raise ValueError(f"{name} must be an integer from 0 to {SEED_LIMIT - 1}, got {short_repr(seed)}")
     return int(seed)
 
 
@@ -158,7 +158,7 @@ def check_text(value, name: str) -> None:
 def check_limit(value, name: str) -> int:
     """A size limit given by a caller: an integer >= 1."""
     if not is_integer(value) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1, got {_short(value)}")
+        raise ValueError(f"`{name}` must be an integer >= 1, got {short_repr(value)}")
     return int(value)
 
 
@@ -441,7 +441,7 @@ def _check_coordinate_types(points, name: str) -> None:
         ok = points.dtype == object or _numeric_dtype(points.dtype)
         leaves = points.ravel().tolist() if points.dtype == object else []
     elif isinstance(points, (str, bytes)):
-        raise ValueError(f"`{name}` must be a sequence of (x, y) points, got {_short(points)}")
+        raise ValueError(f"`{name}` must be a sequence of (x, y) points, got {short_repr(points)}")
     else:
         try:
             rows = list(points)
@@ -451,7 +451,7 @@ def _check_coordinate_types(points, name: str) -> None:
         ok = True
     bad = next((v for v in leaves if not _is_coordinate(v) and not isinstance(v, (list, tuple))), None)
     if not ok or bad is not None:
-        what = points.dtype if bad is None else f"{type(bad).__name__} {_short(bad, 20)}"
+        what = points.dtype if bad is None else f"{type(bad).__name__} {short_repr(bad, 20)}"
         raise TypeError(f"`{name}` must hold numbers (int or float pixels), got {what}")
 
 
@@ -461,7 +461,7 @@ def as_image_points(points: ImagePointsLike, name: str) -> torch.Tensor:
     try:
         tensor = torch.as_tensor(points.detach() if isinstance(points, torch.Tensor) else np.asarray(points, np.float64))
     except (TypeError, ValueError) as error:
-        raise ValueError(f"`{name}` must be a sequence of (x, y) points, got {_short(points)}") from error
+        raise ValueError(f"`{name}` must be a sequence of (x, y) points, got {short_repr(points)}") from error
     tensor = tensor.to(torch.float32).cpu()
     if tensor.numel() == 0:
         tensor = tensor.reshape(0, 2)

@@ -32,8 +32,10 @@ from .fastdrag_core import (
     FastDragInversion,
     FastDragMixin,
     check_embeddings,
+    check_flag,
     check_same_shape,
     check_text_or_embeddings,
+    check_token_counts,
     ddim_scheduler_from,
     one_call_at_a_time,
     to_device,
@@ -168,6 +170,7 @@ class StableDiffusionFastDragPipeline(
         inversion,
         generator,
         output_type,
+        callback_on_step_end,
         callback_on_step_end_tensor_inputs,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         max_drags: int = MAX_DRAGS,
@@ -188,14 +191,29 @@ class StableDiffusionFastDragPipeline(
         edit = self.check_edit(image, handle_points, target_points, mask, fill, mode, inversion, max_image_pixels,
                                max_drags)
         self.check_call_options(
-            guidance_scale, preserve_consistency, generator, output_type, callback_on_step_end_tensor_inputs
+            guidance_scale, preserve_consistency, generator, output_type, callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
         )
         if guidance_scale > 1 and negative_prompt_embeds is None and not self._can_encode_text:
             raise ValueError(
                 "guidance (`guidance_scale` > 1) needs the negative prompt's embeddings, and this pipeline has no "
                 "text encoder or tokenizer: pass `negative_prompt_embeds`"
             )
+        check_token_counts(
+            prompt_embeds if inversion is None else inversion.prompt_embeds, negative_prompt_embeds,
+            self.tokenizer.model_max_length if self.tokenizer is not None else None,
+            encodes_negative=guidance_scale > 1 and negative_prompt_embeds is None,
+        )
+        self.check_unet_kind()
         return edit
+
+    def check_unet_kind(self) -> None:
+        """An SDXL UNet (it takes added conditioning) belongs in the SDXL pipeline."""
+        if self.unet is not None and getattr(self.unet.config, "addition_embed_type", None) == "text_time":
+            raise ValueError(
+                "this UNet is an SDXL UNet (`addition_embed_type='text_time'`): load it with "
+                "StableDiffusionXLFastDragPipeline"
+            )
 
     @property
     def _can_encode_text(self) -> bool:
@@ -333,6 +351,8 @@ class StableDiffusionFastDragPipeline(
         """
         self.check_image(image, max_image_pixels)
         self.check_prompt(prompt, None, prompt_embeds, None)
+        check_flag(preserve_consistency, "preserve_consistency")
+        self.check_unet_kind()
         self.check_schedule(num_inference_steps, inversion_strength)
         prompt = None if prompt_embeds is not None else prompt or ""
         schedule = self.schedule(num_inference_steps, inversion_strength)
@@ -442,7 +462,8 @@ class StableDiffusionFastDragPipeline(
         edit = self.check_inputs(
             image, handle_points, target_points, mask, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
             num_inference_steps, inversion_strength, guidance_scale, fill, mode, preserve_consistency, inversion,
-            generator, output_type, callback_on_step_end_tensor_inputs, max_image_pixels, max_drags,
+            generator, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs, max_image_pixels,
+            max_drags,
         )
 
         # 2. Define call parameters: a cached inversion brings its prompt and schedule.

@@ -36,8 +36,10 @@ from .fastdrag_core import (
     FastDragInversion,
     FastDragMixin,
     check_embeddings,
+    check_flag,
     check_same_shape,
     check_text_or_embeddings,
+    check_token_counts,
     ddim_scheduler_from,
     one_call_at_a_time,
     to_device,
@@ -82,6 +84,9 @@ EXAMPLE_DOC_STRING = """
 
 # SDXL's micro-conditioning arguments, each a pair of pixels.
 SIZES = ("original_size", "crops_coords_top_left", "target_size")
+# Far beyond any size SDXL was trained at, and within float16 (whose largest value is 65504), the
+# dtype the time ids take in a float16 pipeline.
+MAX_SIZE_ID = 16384
 
 
 def check_size_pair(value, name: str, minimum: int, order: str = "(height, width)") -> tuple[int, int] | None:
@@ -91,9 +96,9 @@ def check_size_pair(value, name: str, minimum: int, order: str = "(height, width
     if (
         not isinstance(value, (tuple, list))
         or len(value) != 2
-        or not all(is_integer(v) and minimum <= v <= 2**20 for v in value)
+        or not all(is_integer(v) and minimum <= v <= MAX_SIZE_ID for v in value)
     ):
-        raise ValueError(f"`{name}` must be two integers in [{minimum}, {2**20}], as {order}, got {value!r}")
+        raise ValueError(f"`{name}` must be two integers in [{minimum}, {MAX_SIZE_ID}], as {order}, got {value!r}")
     return int(value[0]), int(value[1])
 
 
@@ -190,6 +195,7 @@ class StableDiffusionXLFastDragPipeline(
         inversion,
         generator,
         output_type,
+        callback_on_step_end,
         callback_on_step_end_tensor_inputs,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         max_drags: int = MAX_DRAGS,
@@ -217,7 +223,8 @@ class StableDiffusionXLFastDragPipeline(
         edit = self.check_edit(image, handle_points, target_points, mask, fill, mode, inversion, max_image_pixels,
                                max_drags)
         self.check_call_options(
-            guidance_scale, preserve_consistency, generator, output_type, callback_on_step_end_tensor_inputs
+            guidance_scale, preserve_consistency, generator, output_type, callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
         )
         zeros = negative_prompt is None and negative_prompt_2 is None and self.config.force_zeros_for_empty_prompt
         if guidance_scale > 1 and negative_prompt_embeds is None and not zeros and self.text_encoder_2 is None:
@@ -225,6 +232,12 @@ class StableDiffusionXLFastDragPipeline(
                 "guidance (`guidance_scale` > 1) with a negative prompt needs the text encoders, and this pipeline "
                 "has none: pass `negative_prompt_embeds` and `negative_pooled_prompt_embeds`"
             )
+        tokenizer = self.tokenizer_2 if self.tokenizer_2 is not None else self.tokenizer
+        check_token_counts(
+            prompt_embeds if inversion is None else inversion.prompt_embeds, negative_prompt_embeds,
+            tokenizer.model_max_length if tokenizer is not None else None,
+            encodes_negative=guidance_scale > 1 and negative_prompt_embeds is None and not zeros,
+        )
         for pooled in (pooled_prompt_embeds if inversion is None else None, negative_pooled_prompt_embeds):
             self.check_added_conditioning(pooled)
         if inversion is not None:
@@ -263,7 +276,13 @@ class StableDiffusionXLFastDragPipeline(
 
     def check_added_conditioning(self, pooled_prompt_embeds: torch.Tensor | None) -> None:
         """The UNet's added embedding takes six time ids and the pooled embedding (given, or as wide as
-        ``text_encoder_2``'s projection); a refiner's UNet (an aesthetic score, five ids) is refused."""
+        ``text_encoder_2``'s projection); a refiner's UNet (an aesthetic score, five ids) and an SD
+        1.x/2.x UNet are refused."""
+        if getattr(self.unet.config, "addition_embed_type", None) != "text_time":
+            raise ValueError(
+                "this UNet is not an SDXL UNet (it takes no `addition_embed_type='text_time'` conditioning): load "
+                "Stable Diffusion 1.x/2.x models with StableDiffusionFastDragPipeline"
+            )
         if pooled_prompt_embeds is not None:
             pooled_dim = pooled_prompt_embeds.shape[-1]
         elif self.text_encoder_2 is not None:
@@ -451,6 +470,7 @@ class StableDiffusionXLFastDragPipeline(
         """
         size = self.check_image(image, max_image_pixels)
         self.check_prompt(prompt, prompt_2, None, None, prompt_embeds, None, pooled_prompt_embeds, None)
+        check_flag(preserve_consistency, "preserve_consistency")
         self.check_schedule(num_inference_steps, inversion_strength)
         sizes = self.resolved_sizes(self.check_sizes(original_size, crops_coords_top_left, target_size), size)
         self.check_added_conditioning(pooled_prompt_embeds)
@@ -570,7 +590,7 @@ class StableDiffusionXLFastDragPipeline(
             prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds,
             original_size, crops_coords_top_left, target_size, num_inference_steps, inversion_strength,
             guidance_scale, fill, mode, preserve_consistency, inversion, generator, output_type,
-            callback_on_step_end_tensor_inputs, max_image_pixels, max_drags,
+            callback_on_step_end, callback_on_step_end_tensor_inputs, max_image_pixels, max_drags,
         )
 
         # 2. Define call parameters: a cached inversion brings its conditioning and schedule.

@@ -25,6 +25,7 @@ from ..inputs import (
     check_edit_inputs,
     check_schedule,
     check_seed,
+    short_repr,
 )
 from ..inputs import open_image as open_image_file
 from .app import DEFAULT_CACHE_MIB, DEFAULT_MAX_SIDE, MIN_MAX_SIDE, PipelineHolder, build_app, launch
@@ -371,6 +372,9 @@ SDXL_PIPELINES = (
 )
 
 
+MAX_MODEL_INDEX_BYTES = 1 << 20  # Diffusers' own are under 1 KiB
+
+
 def model_index(model: str, local_files_only: bool) -> dict | None:
     """``model``'s ``model_index.json`` (a folder's, or a Hub id's, from the cache when
     ``local_files_only``), or ``None`` when it cannot be read: then loading the model says why."""
@@ -382,6 +386,9 @@ def model_index(model: str, local_files_only: bool) -> dict | None:
             from huggingface_hub import hf_hub_download
 
             path = Path(hf_hub_download(model, "model_index.json", local_files_only=local_files_only))
+        # A regular file of a sane size only: a FIFO would block forever, a huge file fill memory.
+        if not path.is_file() or path.stat().st_size > MAX_MODEL_INDEX_BYTES:
+            return None
         index = json.loads(path.read_text(encoding="utf-8"))
     except Exception:  # noqa: BLE001 - missing, unreadable, not JSON, not downloadable: the load reports it
         return None
@@ -393,7 +400,8 @@ def pipeline_class_name(index: dict) -> str:
     name = index.get("_class_name")
     if isinstance(name, (list, tuple)) and name:
         name = name[-1]
-    return str(name)
+    # Shown in a one-line error when it is not one FastDrag takes: quoted, escaped and cut short.
+    return name if isinstance(name, str) and name.isidentifier() and len(name) <= 100 else short_repr(name)
 
 
 def fastdrag_pipeline_name(model: str, local_files_only: bool = False) -> str:

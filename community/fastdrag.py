@@ -523,11 +523,11 @@ def check_schedule(num_inference_steps, inversion_strength, max_steps: int) -> i
     if not is_integer(num_inference_steps) or not 1 <= num_inference_steps <= max_steps:
         raise ValueError(
             f"`num_inference_steps` must be an integer >= 1 and <= {max_steps} (the scheduler's training steps), "
-            f"got {_short(num_inference_steps)}"
+            f"got {short_repr(num_inference_steps)}"
         )
     strength = as_finite_float(inversion_strength)
     if strength is None or not 0 < strength <= 1:
-        raise ValueError(f"`inversion_strength` must be in (0, 1], got {_short(inversion_strength)}")
+        raise ValueError(f"`inversion_strength` must be in (0, 1], got {short_repr(inversion_strength)}")
     steps = round(strength * int(num_inference_steps))
     if steps < 1:
         raise ValueError(
@@ -556,11 +556,11 @@ def check_real(value, name: str, low: float, high: float) -> float:
     """``value`` as a float, if it is a real number with ``low <= value <= high``."""
     number = as_finite_float(value)
     if number is None or not low <= number <= high:
-        raise ValueError(f"`{name}` must be a number with {low:g} <= {name} <= {high:g}, got {_short(value)}")
+        raise ValueError(f"`{name}` must be a number with {low:g} <= {name} <= {high:g}, got {short_repr(value)}")
     return number
 
 
-def _short(value, limit: int = 80) -> str:
+def short_repr(value, limit: int = 80) -> str:
     """``repr(value)``, cut to ``limit`` characters: a 400-digit number makes no useful message."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
@@ -578,7 +578,7 @@ SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes 0 <= seed < 2**64
 def check_seed(seed, name: str = "seed") -> int:
     """A seed ``torch.Generator.manual_seed`` takes: an integer with ``0 <= seed < 2**64``."""
     if not is_integer(seed) or not 0 <= seed < SEED_LIMIT:
-        raise ValueError(f"{name} must be an integer from 0 to {SEED_LIMIT - 1}, got {_short(seed)}")
+        raise ValueError(f"{name} must be an integer from 0 to {SEED_LIMIT - 1}, got {short_repr(seed)}")
     return int(seed)
 
 
@@ -597,7 +597,7 @@ def check_text(value, name: str) -> None:
 def check_limit(value, name: str) -> int:
     """A size limit given by a caller: an integer >= 1."""
     if not is_integer(value) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1, got {_short(value)}")
+        raise ValueError(f"`{name}` must be an integer >= 1, got {short_repr(value)}")
     return int(value)
 
 
@@ -892,7 +892,7 @@ def _check_coordinate_types(points, name: str) -> None:
         ok = points.dtype == object or _numeric_dtype(points.dtype)
         leaves = points.ravel().tolist() if points.dtype == object else []
     elif isinstance(points, (str, bytes)):
-        raise ValueError(f"`{name}` must be a sequence of (x, y) points, got {_short(points)}")
+        raise ValueError(f"`{name}` must be a sequence of (x, y) points, got {short_repr(points)}")
     else:
         try:
             rows = list(points)
@@ -904,7 +904,7 @@ def _check_coordinate_types(points, name: str) -> None:
         ok = True
     bad = next((v for v in leaves if not _is_coordinate(v) and not isinstance(v, (list, tuple))), None)
     if not ok or bad is not None:
-        what = points.dtype if bad is None else f"{type(bad).__name__} {_short(bad, 20)}"
+        what = points.dtype if bad is None else f"{type(bad).__name__} {short_repr(bad, 20)}"
         raise TypeError(f"`{name}` must hold numbers (int or float pixels), got {what}")
 
 
@@ -916,7 +916,7 @@ def as_image_points(points: ImagePointsLike, name: str) -> torch.Tensor:
             points.detach() if isinstance(points, torch.Tensor) else np.asarray(points, np.float64)
         )
     except (TypeError, ValueError) as error:
-        raise ValueError(f"`{name}` must be a sequence of (x, y) points, got {_short(points)}") from error
+        raise ValueError(f"`{name}` must be a sequence of (x, y) points, got {short_repr(points)}") from error
     tensor = tensor.to(torch.float32).cpu()
     if tensor.numel() == 0:
         tensor = tensor.reshape(0, 2)
@@ -1895,6 +1895,10 @@ def check_embeddings(embeds, name: str, ndim: int, width: int | None = None) -> 
     if width is not None and embeds.shape[-1] != width:
         raise ValueError(f"`{name}` must be {width} wide (what this UNet takes), got {tuple(embeds.shape)}")
     check_holds_data(embeds, name)
+    if not embeds.is_floating_point():
+        raise TypeError(f"`{name}` must be a real floating point tensor, got {embeds.dtype}")
+    if not bool(torch.isfinite(embeds).all()):
+        raise ValueError(f"`{name}` holds NaN or infinite values")
 
 
 def check_text_or_embeddings(texts: dict[str, Any], name: str, embeds) -> None:
@@ -1912,6 +1916,30 @@ def check_same_shape(first, first_name: str, second, second_name: str) -> None:
             f"`{first_name}` and `{second_name}` must have the same shape, got {tuple(first.shape)} and "
             f"{tuple(second.shape)}"
         )
+
+
+def check_token_counts(prompt_embeds, negative_prompt_embeds, tokens: int | None, encodes_negative: bool) -> None:
+    """Under guidance the prompt's and the negative prompt's embeddings go into one UNet call, so
+    they must have one token count: a text is encoded to the tokenizer's ``tokens``, a negative text
+    to as many tokens as the prompt's embeddings (``encodes_negative``: it will be)."""
+    if tokens is None:
+        return
+    if negative_prompt_embeds is not None and prompt_embeds is None and negative_prompt_embeds.shape[1] != tokens:
+        raise ValueError(
+            f"`negative_prompt_embeds` has {negative_prompt_embeds.shape[1]} tokens, but the prompt encodes to "
+            f"{tokens}: give negative embeddings of {tokens} tokens, or `prompt_embeds` as long as yours"
+        )
+    if encodes_negative and prompt_embeds is not None and prompt_embeds.shape[1] > tokens:
+        raise ValueError(
+            f"`prompt_embeds` has {prompt_embeds.shape[1]} tokens, more than the tokenizer's {tokens}, so the negative "
+            "prompt cannot be encoded to match them: pass `negative_prompt_embeds` too"
+        )
+
+
+def check_flag(value, name: str) -> None:
+    """``value`` is a bool (Python's or numpy's), not merely something truthy."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a bool, got {type(value).__name__}")
 
 
 def checked_callback_tensor(new, given: torch.Tensor, name: str) -> torch.Tensor:
@@ -2196,16 +2224,23 @@ class FastDragMixin:
             multiple_of=self.vae_scale_factor,
         )
 
-    def check_call_options(self, guidance_scale, preserve_consistency, generator, output_type, tensor_inputs) -> None:
+    def check_call_options(
+        self, guidance_scale, preserve_consistency, generator, output_type, callback, tensor_inputs
+    ) -> None:
         """The call's options that every FastDrag pipeline shares."""
         check_real(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE_SCALE)
-        if not isinstance(preserve_consistency, (bool, np.bool_)):
-            raise TypeError(f"`preserve_consistency` must be a bool, got {type(preserve_consistency).__name__}")
+        check_flag(preserve_consistency, "preserve_consistency")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"`callback_on_step_end` must be callable or None, got {type(callback).__name__}")
+        if not isinstance(tensor_inputs, (list, tuple)) or not all(isinstance(k, str) for k in tensor_inputs):
+            raise TypeError(
+                f"`callback_on_step_end_tensor_inputs` must be a list of names, got {short_repr(tensor_inputs)}"
+            )
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if tensor_inputs is not None and not all(k in self._callback_tensor_inputs for k in tensor_inputs):
+        if not all(k in self._callback_tensor_inputs for k in tensor_inputs):
             raise ValueError(
                 f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, got {tensor_inputs}"
             )
@@ -2483,6 +2518,11 @@ class FastDragMixin:
                 outputs = callback_on_step_end(
                     self, i, t, cond.callback_tensors(latents, callback_on_step_end_tensor_inputs)
                 )
+                if not isinstance(outputs, dict):
+                    raise ValueError(
+                        f"`callback_on_step_end` must return a dict of tensors by name (its `callback_kwargs`, "
+                        f"changed or not), got {type(outputs).__name__}"
+                    )
                 latents = checked_callback_tensor(outputs.pop("latents", latents), latents, "latents")
                 replaced = cond.with_callback_tensors(outputs)
                 if replaced is not cond:
@@ -2746,6 +2786,7 @@ class StableDiffusionFastDragPipeline(
         inversion,
         generator,
         output_type,
+        callback_on_step_end,
         callback_on_step_end_tensor_inputs,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         max_drags: int = MAX_DRAGS,
@@ -2772,14 +2813,34 @@ class StableDiffusionFastDragPipeline(
             image, handle_points, target_points, mask, fill, mode, inversion, max_image_pixels, max_drags
         )
         self.check_call_options(
-            guidance_scale, preserve_consistency, generator, output_type, callback_on_step_end_tensor_inputs
+            guidance_scale,
+            preserve_consistency,
+            generator,
+            output_type,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
         )
         if guidance_scale > 1 and negative_prompt_embeds is None and not self._can_encode_text:
             raise ValueError(
                 "guidance (`guidance_scale` > 1) needs the negative prompt's embeddings, and this pipeline has no "
                 "text encoder or tokenizer: pass `negative_prompt_embeds`"
             )
+        check_token_counts(
+            prompt_embeds if inversion is None else inversion.prompt_embeds,
+            negative_prompt_embeds,
+            self.tokenizer.model_max_length if self.tokenizer is not None else None,
+            encodes_negative=guidance_scale > 1 and negative_prompt_embeds is None,
+        )
+        self.check_unet_kind()
         return edit
+
+    def check_unet_kind(self) -> None:
+        """An SDXL UNet (it takes added conditioning) belongs in the SDXL pipeline."""
+        if self.unet is not None and getattr(self.unet.config, "addition_embed_type", None) == "text_time":
+            raise ValueError(
+                "this UNet is an SDXL UNet (`addition_embed_type='text_time'`): load it with "
+                "StableDiffusionXLFastDragPipeline"
+            )
 
     @property
     def _can_encode_text(self) -> bool:
@@ -2921,6 +2982,8 @@ class StableDiffusionFastDragPipeline(
         """
         self.check_image(image, max_image_pixels)
         self.check_prompt(prompt, None, prompt_embeds, None)
+        check_flag(preserve_consistency, "preserve_consistency")
+        self.check_unet_kind()
         self.check_schedule(num_inference_steps, inversion_strength)
         prompt = None if prompt_embeds is not None else prompt or ""
         schedule = self.schedule(num_inference_steps, inversion_strength)
@@ -3045,6 +3108,7 @@ class StableDiffusionFastDragPipeline(
             inversion,
             generator,
             output_type,
+            callback_on_step_end,
             callback_on_step_end_tensor_inputs,
             max_image_pixels,
             max_drags,

@@ -210,6 +210,19 @@ BAD_INPUTS = [
     (dict(target_points=[(60.0, 12.0)]), ValueError, "outside the 48x32 image"),
     (dict(image=torch.rand(3, 31, 48)), ValueError, "multiples of the VAE scale factor 2"),
     (dict(mode="twist"), ValueError, "`mode` must be one of"),
+    (dict(original_size=(70000, 70000)), ValueError, r"`original_size` must be two integers in \[1, 16384\]"),
+    (dict(prompt=None, prompt_embeds=torch.full((1, 16, 64), float("nan")), pooled_prompt_embeds=torch.zeros(1, 32)),
+     ValueError, "`prompt_embeds` holds NaN or infinite values"),
+    (dict(prompt=None, prompt_embeds=torch.zeros(1, 16, 64), pooled_prompt_embeds=torch.full((1, 32), float("inf"))),
+     ValueError, "`pooled_prompt_embeds` holds NaN or infinite values"),
+    (dict(prompt=None, prompt_embeds=torch.zeros(1, 16, 64, dtype=torch.complex64),
+          pooled_prompt_embeds=torch.zeros(1, 32)), TypeError, "must be a real floating point tensor"),
+    (dict(guidance_scale=2.0, negative_prompt_embeds=torch.zeros(1, 5, 64), negative_pooled_prompt_embeds=torch.zeros(1, 32)),
+     ValueError, "`negative_prompt_embeds` has 5 tokens, but the prompt encodes to 16"),
+    (dict(prompt=None, prompt_embeds=torch.zeros(1, 32, 64), pooled_prompt_embeds=torch.zeros(1, 32),
+          negative_prompt="blur", guidance_scale=2.0), ValueError, "more than the tokenizer's 16"),
+    (dict(callback_on_step_end=5), TypeError, "`callback_on_step_end` must be callable"),
+    (dict(callback_on_step_end_tensor_inputs=None), TypeError, "`callback_on_step_end_tensor_inputs` must be a list"),
     (dict(num_inference_steps=1000, inversion_strength=1.0), ValueError, "past the scheduler's last"),
 ]
 
@@ -400,3 +413,34 @@ def test_a_callback_may_replace_the_added_conditioning_but_not_its_shape(pipe):
 
     with pytest.raises(ValueError, match="returned `add_text_embeds` of shape"):
         drag(pipe, callback_on_step_end=wrong, callback_on_step_end_tensor_inputs=["add_text_embeds"])
+
+
+def test_a_callback_must_return_a_dict(pipe):
+    with pytest.raises(ValueError, match="`callback_on_step_end` must return a dict"):
+        drag(pipe, callback_on_step_end=lambda pipeline, i, t, tensors: None)
+    assert all("FastDrag" not in type(p).__name__ for p in pipe.unet.attn_processors.values())
+
+
+def test_invert_takes_a_bool_for_preserve_consistency(pipe):
+    with pytest.raises(TypeError, match="`preserve_consistency` must be a bool"):
+        pipe.invert(sdxl_image(), preserve_consistency="no")
+
+
+def test_a_unet_of_the_other_backbone_is_refused_before_any_model_runs():
+    from tiny_models import tiny_components, tiny_image, tiny_unet
+
+    sdxl = new_pipe(unet=tiny_unet())
+    with pytest.raises(ValueError, match="not an SDXL UNet"):
+        drag(sdxl)
+    with pytest.raises(ValueError, match="not an SDXL UNet"):
+        sdxl.invert(sdxl_image())
+    from fastdrag import StableDiffusionFastDragPipeline
+
+    sd = StableDiffusionFastDragPipeline(**tiny_components(unet=tiny_sdxl_unet()))
+    calls = []
+    sd.text_encoder.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match="is an SDXL UNet"):
+        sd(tiny_image(), [(10, 12)], [(16, 12)])
+    with pytest.raises(ValueError, match="is an SDXL UNet"):
+        sd.invert(tiny_image())
+    assert calls == []

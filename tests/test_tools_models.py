@@ -59,6 +59,27 @@ def test_a_custom_pipelines_class_name_is_its_last_part(tmp_path):
     assert cli.pipeline_class_for(folder) is StableDiffusionFastDragPipeline
 
 
+@pytest.mark.parametrize("class_name, shown", [
+    ("Foo\nBar", "'Foo\\nBar'"), ("X" * 100_000, "'XXXX"), (None, "None"), ({"a": 1}, "{'a': 1}"),
+])
+def test_an_odd_class_name_is_refused_in_one_short_line(tmp_path, class_name, shown):
+    with pytest.raises(cli.UsageError) as refused:
+        cli.pipeline_class_for(index_folder(tmp_path / "m", class_name))
+    message = str(refused.value)
+    assert "\n" not in message and len(message) < 500 and f"is a {shown}" in message
+
+
+def test_a_model_index_that_is_no_regular_file_or_too_large_is_not_read(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "model_index.json")  # reading it would block forever
+    assert cli.model_index(str(fifo), local_files_only=True) is None
+    huge = index_folder(tmp_path / "huge", "StableDiffusionXLPipeline", padding="x" * cli.MAX_MODEL_INDEX_BYTES)
+    assert cli.model_index(huge, local_files_only=True) is None
+
+
 def test_a_cached_hub_ids_index_is_read_from_the_cache(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
