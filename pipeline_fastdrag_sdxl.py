@@ -238,8 +238,10 @@ class StableDiffusionXLFastDragPipeline(
             tokenizer.model_max_length if tokenizer is not None else None,
             encodes_negative=guidance_scale > 1 and negative_prompt_embeds is None and not zeros,
         )
-        for pooled in (pooled_prompt_embeds if inversion is None else None, negative_pooled_prompt_embeds):
-            self.check_added_conditioning(pooled)
+        # A cached inversion's pooled embedding was checked when it was made.
+        self.check_added_conditioning(pooled_prompt_embeds if inversion is None else None)
+        if negative_pooled_prompt_embeds is not None:
+            self.check_added_conditioning(negative_pooled_prompt_embeds)
         if inversion is not None:
             return edit, {name: inversion.conditions[name] for name in SIZES}
         return edit, self.resolved_sizes(sizes, edit.size)

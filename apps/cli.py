@@ -466,7 +466,7 @@ def load_on_device(args, device: str, local_files_only: bool = False):
 
 
 def edit_options(args):
-    """The :class:`~fastdrag.options.EditOptions` of ``edit`` and ``dragbench run`` (whose prompts
+    """The :class:`~fastdrag.apps.options.EditOptions` of ``edit`` and ``dragbench run`` (whose prompts
     come from the samples, and whose pixel limit is ``FASTDRAG_MAX_PIXELS``)."""
     from .options import EditOptions
 

@@ -1,5 +1,5 @@
 """The settings of one edit, one type for every front end: the command line (``fastdrag edit``),
-DragBench (``fastdrag dragbench run``, :mod:`fastdrag.dragbench`) and the editor (``fastdrag app``).
+DragBench (``fastdrag dragbench run``, :mod:`fastdrag.apps.dragbench`) and the editor (``fastdrag app``).
 
 Each front end fills an :class:`EditOptions` from its own inputs (options, a sample's prompt, the
 page's sliders); :meth:`EditOptions.pipeline_kwargs` and :meth:`EditOptions.inversion_kwargs` are the

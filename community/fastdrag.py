@@ -1672,10 +1672,6 @@ class Conditioning:
                 added[key] = checked_callback_tensor(outputs.pop(name), added[key], name)
         return Conditioning(prompt_embeds, added)
 
-    def to(self, device: torch.device) -> "Conditioning":
-        added = None if self.added is None else {k: v.to(device) for k, v in self.added.items()}
-        return Conditioning(self.prompt_embeds.to(device), added)
-
 
 @dataclass
 class FastDragInversion:

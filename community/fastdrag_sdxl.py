@@ -1671,10 +1671,6 @@ class Conditioning:
                 added[key] = checked_callback_tensor(outputs.pop(name), added[key], name)
         return Conditioning(prompt_embeds, added)
 
-    def to(self, device: torch.device) -> "Conditioning":
-        added = None if self.added is None else {k: v.to(device) for k, v in self.added.items()}
-        return Conditioning(self.prompt_embeds.to(device), added)
-
 
 @dataclass
 class FastDragInversion:
@@ -2872,8 +2868,10 @@ class StableDiffusionXLFastDragPipeline(
             tokenizer.model_max_length if tokenizer is not None else None,
             encodes_negative=guidance_scale > 1 and negative_prompt_embeds is None and not zeros,
         )
-        for pooled in (pooled_prompt_embeds if inversion is None else None, negative_pooled_prompt_embeds):
-            self.check_added_conditioning(pooled)
+        # A cached inversion's pooled embedding was checked when it was made.
+        self.check_added_conditioning(pooled_prompt_embeds if inversion is None else None)
+        if negative_pooled_prompt_embeds is not None:
+            self.check_added_conditioning(negative_pooled_prompt_embeds)
         if inversion is not None:
             return edit, {name: inversion.conditions[name] for name in SIZES}
         return edit, self.resolved_sizes(sizes, edit.size)

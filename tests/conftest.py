@@ -17,6 +17,21 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture
+def files(tmp_path):
+    """``in.png``, a tiny image, and ``mask.png``, its centre, in ``tmp_path``: the command line's inputs."""
+    import numpy as np
+    from PIL import Image
+    from tiny_models import IMAGE_SIZE, tiny_image
+
+    image = (tiny_image().permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "in.png")
+    mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    mask[4:28, 4:28] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    return tmp_path
+
+
+@pytest.fixture
 def pipe():
     from tiny_models import tiny_components
 

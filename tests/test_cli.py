@@ -1,19 +1,8 @@
-import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import IMAGE_SIZE, tiny_components, tiny_image, write_dragbench
+from tiny_models import IMAGE_SIZE, never_load, tiny_components, write_dragbench
 
 from fastdrag.apps.cli import main
-
-
-@pytest.fixture
-def files(tmp_path):
-    image = (tiny_image().permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-    Image.fromarray(image).save(tmp_path / "in.png")
-    mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-    mask[4:28, 4:28] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    return tmp_path
 
 
 def test_preview_writes_image(files):
@@ -99,9 +88,6 @@ def test_version(capsys):
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"fastdrag {version('diffusers-fastdrag')}"
 
-
-def never_load(*args, **kwargs):
-    raise AssertionError("the model was loaded")
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from tiny_models import save_tiny_model, tiny_components, tiny_image, write_dragbench
+from tiny_models import never_load, save_tiny_model, tiny_components, tiny_image, write_dragbench
 
 from fastdrag import StableDiffusionFastDragPipeline
 from fastdrag.apps import dragbench
@@ -352,15 +351,6 @@ def test_cached_inversions_are_shared_and_bounded_and_freed():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def files(tmp_path):
-    image = (tiny_image().permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-    Image.fromarray(image).save(tmp_path / "in.png")
-    return tmp_path
-
-
-def never_load(*args, **kwargs):
-    raise AssertionError("the model was loaded")
 
 
 @pytest.mark.parametrize(

@@ -7,22 +7,11 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import IMAGE_SIZE, save_tiny_model, save_tiny_sdxl_model, tiny_image, write_dragbench
+from tiny_models import IMAGE_SIZE, never_load, save_tiny_model, save_tiny_sdxl_model, tiny_image, write_dragbench
 
 from fastdrag.apps import cli
 from fastdrag.apps.cli import main
 from fastdrag.apps.options import EditOptions
-
-
-@pytest.fixture
-def files(tmp_path):
-    image = (tiny_image().permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-    Image.fromarray(image).save(tmp_path / "in.png")
-    return tmp_path
-
-
-def never_load(*args, **kwargs):
-    raise AssertionError("the model was loaded")
 
 
 def index_folder(folder, class_name, **components) -> str:

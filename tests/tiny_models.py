@@ -152,3 +152,8 @@ def peft_missing() -> bool:
 
 # LoRA is the [lora] extra: the oldest supported combination is tested without it.
 needs_peft = pytest.mark.skipif(peft_missing(), reason="LoRA needs peft (the [lora] extra)")
+
+
+def never_load(*args, **kwargs):
+    """A stand-in for a model loader in tests that must fail before any model loads."""
+    raise AssertionError("the model was loaded")
