@@ -15,20 +15,35 @@ browser; :func:`build_app` wires them to Gradio components.
 """
 
 
+import base64
+import dataclasses
 import hashlib
+import io
 import os
+import secrets
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from ..inputs import DEFAULT_MODE, EDIT_MODES, FILL_MODES, MAX_UPLOAD_PIXELS, check_pixel_count, to_rgb
-from .frontend import draw_arrows, first_line, format_phases, preview_drag
+from ..inputs import (
+    DEFAULT_MODE,
+    EDIT_MODES,
+    FILL_MODES,
+    MAX_DRAGS,
+    MAX_UPLOAD_PIXELS,
+    check_pixel_count,
+    short_repr,
+    to_rgb,
+)
+from .frontend import first_line, format_phases, preview_drag
+from .live import MAX_KEYS, Finished, LatestWins
 from .options import EditOptions
 
 
@@ -38,6 +53,8 @@ MIN_MAX_SIDE = DEFAULT_FACTOR  # one latent pixel of Stable Diffusion's VAE: not
 DEFAULT_CACHE_MIB = 2048  # about ten SD 1.5 inversions at 512x512 in fp16
 VIEW_SIDE = 512  # smaller images are shown enlarged by an integer factor up to this
 DEFAULTS = EditOptions()  # the Advanced settings' initial values
+POLL_SECONDS = 5.0  # how long one request of the page waits for a live result before asking again
+MAX_TOKEN_CHARS = 64
 
 
 class AppError(Exception):
@@ -83,12 +100,23 @@ def image_key(image: np.ndarray) -> str:
 
 @dataclass
 class Session:
-    """One browser tab's state. ``points`` are image pixels ``(x, y)``: handle, target, handle, ..."""
+    """One browser tab's state. ``points`` are image pixels ``(x, y)``: handle, target, handle, ...
+
+    ``options`` are the page's Advanced settings and ``live`` its live-edit switch, as live drag
+    uses them; ``token`` names the session to the page's live-drag requests (see :class:`LiveDrag`).
+    """
 
     image: np.ndarray | None = None  # (H, W, 3) uint8, already resized
     mask: np.ndarray | None = None  # (H, W) bool, or None for the whole image
     points: list[tuple[int, int]] = field(default_factory=list)
     mode: str = DEFAULT_MODE  # "drag", or "move"/"copy" the painted object by one drag
+    options: EditOptions = DEFAULTS
+    live: bool = True
+    token: str = ""
+
+    def snapshot(self) -> "Session":
+        """A copy that later clicks, uploads and drags of the tab leave alone (for a job)."""
+        return dataclasses.replace(self, points=list(self.points))
 
     @property
     def drags(self) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -105,24 +133,14 @@ def view_zoom(image: np.ndarray) -> int:
     return max(1, VIEW_SIDE // max(image.shape[:2]))
 
 
-def points_view(session: Session) -> np.ndarray | None:
-    """The image enlarged by :func:`view_zoom`, dimmed outside the mask, with the numbered drags
-    and a pending handle drawn at the centres of their pixels."""
+def points_base(session: Session) -> np.ndarray | None:
+    """The image dimmed outside the mask, at its own size: what the page draws the drags on."""
     if session.image is None:
         return None
+    if session.mask is None:
+        return session.image
     image = session.image.astype(np.float32)
-    if session.mask is not None:
-        image = np.where(session.mask[..., None], image, image * 0.45 + 255 * 0.1)
-    zoom = view_zoom(session.image)
-    view = Image.fromarray(image.astype(np.uint8))
-    view = view.resize((view.width * zoom, view.height * zoom), Image.NEAREST)
-
-    def centre(point):
-        return ((point[0] + 0.5) * zoom, (point[1] + 0.5) * zoom)
-
-    drags = [(centre(h), centre(t)) for h, t in session.drags]
-    pending = centre(session.points[-1]) if len(session.points) % 2 else None
-    return np.asarray(draw_arrows(view, drags, pending))
+    return np.where(session.mask[..., None], image, image * 0.45 + 255 * 0.1).astype(np.uint8)
 
 
 def preview_view(session: Session) -> np.ndarray | None:
@@ -179,16 +197,18 @@ def load_editor_value(session: Session, value: Any, max_side: int, factor: int,
     layers = value.get("layers", []) if isinstance(value, dict) else []
     mask = painted_mask(layers, size)
     if session.image is None or image.shape != session.image.shape or not np.array_equal(image, session.image):
-        return Session(image=image, mask=mask, mode=session.mode)
+        return dataclasses.replace(session, image=image, mask=mask, points=[])
     session.mask = mask
     return session
 
 
-def use_as_input(result: Any, mode: str, max_side: int, factor: int, max_pixels: int = MAX_UPLOAD_PIXELS) -> Session:
-    """A new session on an edited image ("Use as input"), fitted as an upload is: before, this
-    path skipped ``max_side``, and one request could load any size into a session."""
+def use_as_input(result: Any, session: Session, max_side: int, factor: int,
+                 max_pixels: int = MAX_UPLOAD_PIXELS) -> Session:
+    """The session on an edited image ("Use as input"), with no mask and no points, fitted as an
+    upload is: before, this path skipped ``max_side``, and one request could load any size."""
     image = np.asarray(result, dtype=np.uint8)[..., :3]
-    return load_editor_value(Session(mode=mode), {"background": image, "layers": []}, max_side, factor, max_pixels)
+    return load_editor_value(dataclasses.replace(session, image=None, mask=None, points=[]),
+                             {"background": image, "layers": []}, max_side, factor, max_pixels)
 
 
 def add_point(session: Session, x: int, y: int) -> Session:
@@ -200,6 +220,17 @@ def add_point(session: Session, x: int, y: int) -> Session:
         session.points.clear()
     height, width = session.image.shape[:2]
     session.points.append((min(max(int(x), 0), width - 1), min(max(int(y), 0), height - 1)))
+    return session
+
+
+def set_points(session: Session, points: list[tuple[int, int]]) -> Session:
+    """Replace the points with ``points`` (image pixels ``(x, y)``, clamped to the image), as the
+    page's live drag sends them; moving or copying keeps the first drag only."""
+    if session.image is None:
+        return session
+    height, width = session.image.shape[:2]
+    points = [(min(max(int(x), 0), width - 1), min(max(int(y), 0), height - 1)) for x, y in points]
+    session.points = points[:2] if session.moves_an_object else points
     return session
 
 
@@ -300,6 +331,24 @@ class EditResult:
         return f"**Edited in {self.seconds:.2f} s** ({how}).  \n{format_phases(self.times)}"
 
 
+def inversion_key(image: np.ndarray, options: EditOptions) -> tuple:
+    """What a cached inversion is kept under: the image and what it is inverted with."""
+    return (image_key(image), *sorted(options.inversion_kwargs().items()))
+
+
+def prepare_inversion(holder: PipelineHolder, image: np.ndarray, options: EditOptions) -> bool:
+    """Invert ``image`` into the server's cache unless it is there already; ``True`` if it inverted."""
+    pipe = holder.get()
+    key = inversion_key(image, options)
+    if holder.inversions.get(key) is not None:
+        return False
+    try:
+        holder.inversions.put(key, pipe.invert(image, **options.inversion_kwargs()))
+    except (ValueError, TypeError) as error:
+        raise AppError(str(error)) from error
+    return True
+
+
 def edit_session(holder: PipelineHolder, session: Session, options: EditOptions) -> EditResult:
     """Edit the session's image with its drags in its mode (``options.mode`` gives way to the
     session's), inverting only when no cached inversion has the same image and inversion options."""
@@ -309,7 +358,7 @@ def edit_session(holder: PipelineHolder, session: Session, options: EditOptions)
         raise AppError("add at least one drag: click a handle point, then its target point")
     pipe = holder.get()
     options = options.replace(mode=session.mode)
-    key = (image_key(session.image), *sorted(options.inversion_kwargs().items()))
+    key = inversion_key(session.image, options)
     inversion = holder.inversions.get(key)
     reused = inversion is not None
     start = time.perf_counter()
@@ -333,84 +382,313 @@ def page_options(prompt: str, steps: float, strength: float, fill: str, consiste
 
 
 # --------------------------------------------------------------------------------------------
+# Live drag
+# --------------------------------------------------------------------------------------------
+
+
+def data_url(image: np.ndarray) -> str:
+    """An ``(H, W, 3)`` uint8 array as a PNG ``data:`` URL: lossless, so the page shows the exact pixels."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def drags_text(drags: list[tuple[tuple[int, int], tuple[int, int]]]) -> str:
+    """``"(26, 32) -> (40, 40), ..."``: the drags as the page labels a result with them, ``(x, y)``."""
+    return ", ".join(f"({hx}, {hy}) -> ({tx}, {ty})" for (hx, hy), (tx, ty) in drags)
+
+
+@dataclass(frozen=True)
+class LiveOutcome:
+    """A finished live job: the drags it edited (none for an inversion alone) and the edit, or
+    whether the inversion had to be made."""
+
+    drags: list
+    edit: EditResult | None = None
+    inverted: bool = False
+
+
+def parse_live_message(message: Any, *names: str) -> dict[str, Any]:
+    """A live request's fields, checked: the page's requests come from the outside world, so a
+    malformed one is an :class:`AppError` and each field has a bound. ``token`` is a string of at
+    most 64 characters, ``points`` at most ``2 * MAX_DRAGS`` pairs of integers ``[x, y]`` (clamped
+    to the image later), ``after`` an integer from 0."""
+    if not isinstance(message, dict):
+        raise AppError("a live request must be an object")
+    fields = {}
+    for name in names:
+        value = message.get(name)
+        if name == "token":
+            ok = isinstance(value, str) and 0 < len(value) <= MAX_TOKEN_CHARS
+        elif name == "points":
+            ok = (isinstance(value, list) and len(value) <= 2 * MAX_DRAGS
+                  and all(isinstance(p, list) and len(p) == 2 and all(_is_int(c) for c in p) for p in value))
+        else:
+            ok = _is_int(value) and value >= 0
+        if not ok:
+            raise AppError(f"bad live request: `{name}` is {short_repr(value)}")
+        fields[name] = value
+    return fields
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**31
+
+
+class LiveDrag:
+    """The editor's live drag. While the mouse button is held, the page sends the points at each
+    move (:meth:`move`): the answer is the pixel preview, and, when the drags changed, a re-drag is
+    submitted. The page asks for finished re-drags with :meth:`poll`.
+
+    Re-drags run on one :class:`~fastdrag.apps.live.LatestWins` worker (``self.jobs``), one UNet call
+    sequence at a time: each session's newest request wins, sessions take turns, each sees only its
+    own results. A re-drag starts from the server's cached inversion (:func:`edit_session`), made in
+    the background after an upload (:meth:`prepare`). Sessions are found by their token; at most
+    ``max_sessions`` are kept (the least recently used is dropped, and its page told to reload).
+    """
+
+    def __init__(self, holder: PipelineHolder, max_sessions: int = MAX_KEYS):
+        self.holder = holder
+        self.jobs = LatestWins(self._run, describe_error=first_line, max_keys=max_sessions)
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._submitted: dict[str, tuple] = {}  # token -> what its newest job edits (see _submit)
+        self._max_sessions = max_sessions
+        self._lock = threading.Lock()
+
+    def register(self, session: Session) -> Session:
+        """Make ``session`` the one its token names (giving it a token on first use)."""
+        with self._lock:
+            if not session.token:
+                session.token = secrets.token_urlsafe(16)
+            self._sessions[session.token] = session
+            self._sessions.move_to_end(session.token)
+            while len(self._sessions) > self._max_sessions:
+                token, _ = self._sessions.popitem(last=False)
+                self._submitted.pop(token, None)
+                self.jobs.forget(token)
+        return session
+
+    def forget(self, session: Session) -> None:
+        """Drop a closed tab's session, its waiting re-drag and its kept result."""
+        with self._lock:
+            if self._sessions.get(session.token) is session:
+                del self._sessions[session.token]
+                self._submitted.pop(session.token, None)
+                self.jobs.forget(session.token)
+
+    def session(self, token: str) -> Session:
+        with self._lock:
+            session = self._sessions.get(token)
+        if session is None:
+            raise AppError("this page's session has ended: reload the page")
+        return session
+
+    def prepare(self, session: Session) -> None:
+        """Invert the session's image in the background (after an upload), unless live edit is off
+        or the inversion is cached already."""
+        if session.live and session.image is not None and not self._cached(session):
+            self._submit(self.register(session))
+
+    def move(self, message: Any) -> dict[str, Any]:
+        """The page's points changed (``{"token", "points"}``): set them, submit a re-drag when the
+        edit changed, and answer ``{"preview", "points", "busy"}`` (or ``{"error"}``)."""
+        try:
+            fields = parse_live_message(message, "token", "points")
+            session = set_points(self.session(fields["token"]), [tuple(p) for p in fields["points"]])
+            preview = preview_view(session)
+            if session.live and session.drags and not (session.moves_an_object and session.mask is None):
+                self._submit(session)
+            return {"preview": data_url(preview) if preview is not None else "", "points": session.points,
+                    "busy": self.jobs.busy(session.token)}
+        except (AppError, ValueError) as error:
+            return {"error": first_line(error)}
+
+    def poll(self, message: Any) -> dict[str, Any]:
+        """The session's newest finished job numbered above ``after`` (``{"token", "after"}``),
+        waiting up to ``POLL_SECONDS`` while it has work: ``{"busy", "result"}`` (or ``{"error"}``),
+        ``result`` being ``{"seq", "label"}`` and, for an edit, ``"image"``."""
+        try:
+            fields = parse_live_message(message, "token", "after")
+            session = self.session(fields["token"])
+        except AppError as error:
+            return {"error": str(error)}
+        finished = self.jobs.latest(session.token, fields["after"], timeout=POLL_SECONDS)
+        reply = {"busy": self.jobs.busy(session.token), "result": None}
+        if finished is not None:
+            reply["result"] = self._result(finished)
+        return reply
+
+    def status(self, session: Session) -> str:
+        """What the page says of live drag for this session before any result."""
+        if session.image is None:
+            return ""
+        if not session.live:
+            return "Live edit is off: press Run to edit."
+        last = self._submitted.get(session.token)
+        if self.jobs.busy(session.token) and last is not None and not last[1]:
+            return "Inverting this image in the background..."
+        if self._cached(session):
+            return "Inversion ready: drag a point and the edit follows."
+        return ""
+
+    def view(self, session: Session) -> dict[str, Any]:
+        """The drag panel's value: what the page draws and its token (see ``live_drag.js``)."""
+        base = points_base(session)
+        if base is None:
+            return dict(EMPTY_VIEW, mode=session.mode)
+        self.register(session)
+        preview = preview_view(session)
+        return {"token": session.token, "image": image_key(session.image), "src": data_url(base),
+                "width": base.shape[1], "height": base.shape[0], "zoom": view_zoom(base),
+                "points": [list(p) for p in session.points], "mode": session.mode, "preview": data_url(preview),
+                "busy": self.jobs.busy(session.token), "status": self.status(session)}
+
+    def close(self) -> None:
+        self.jobs.close()
+
+    def _cached(self, session: Session) -> bool:
+        return self.holder.inversions.get(inversion_key(session.image, session.options)) is not None
+
+    def _submit(self, session: Session) -> None:
+        """Submit a job for the session as it is now, unless the newest one edits the same."""
+        edit = (session.image, session.drags, session.mode, _mask_digest(session.mask), session.options)
+        with self._lock:
+            last = self._submitted.get(session.token)
+            if last is not None and last[0] is edit[0] and last[1:] == edit[1:]:
+                return
+            self._submitted[session.token] = edit
+        self.jobs.submit(session.token, session.snapshot())
+
+    def _run(self, session: Session) -> LiveOutcome:
+        if not session.drags:
+            return LiveOutcome(drags=[], inverted=prepare_inversion(self.holder, session.image, session.options))
+        edit = edit_session(self.holder, session, session.options)
+        return LiveOutcome(drags=session.drags, edit=edit, inverted=not edit.reused)
+
+    @staticmethod
+    def _result(finished: Finished) -> dict[str, Any]:
+        outcome: LiveOutcome | None = finished.value
+        if finished.error is not None:
+            return {"seq": finished.seq, "label": f"Live edit {finished.seq} failed: {finished.error}"}
+        if outcome.edit is None:
+            return {"seq": finished.seq, "label": f"Inversion ready ({finished.seconds:.2f} s): drag a point and "
+                                                  "the edit follows."}
+        how = "inverted first" if outcome.inverted else "from the cached inversion"
+        label = f"Live edit {finished.seq}: {drags_text(outcome.drags)} in {outcome.edit.seconds:.2f} s ({how})"
+        return {"seq": finished.seq, "image": data_url(outcome.edit.image), "label": label}
+
+
+EMPTY_VIEW = {"token": "", "image": "", "src": "", "width": 0, "height": 0, "zoom": 1, "points": [],
+              "mode": DEFAULT_MODE, "preview": "", "busy": False, "status": ""}  # the drag panel with no image
+
+
+def _mask_digest(mask: np.ndarray | None) -> str | None:
+    return None if mask is None else hashlib.sha1(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
 # The Gradio page
 # --------------------------------------------------------------------------------------------
 
 
-# Display-only images are enlarged when small. Not the points view: Gradio maps a click on an image
-# shown larger than its natural size to the wrong pixel, so that one is enlarged by points_view.
+LIVE_JS = (Path(__file__).with_name("live_drag.js")).read_text(encoding="utf-8")
+# The drag panel: the drags drawn on a canvas (live_drag.js), the pixel preview and the live edit.
+LIVE_HTML = """
+<div class="live-drag">
+  <div id="fd-points"><p>2. Drag from a handle to its target (or click both)</p><canvas></canvas></div>
+  <div id="fd-preview"><p>Preview (pixels moved directly)</p><img alt=""></div>
+  <div id="fd-live"><p>Live edit (follows the drag)</p><img alt=""><p id="fd-live-label"></p></div>
+</div>
+"""
+LIVE_CSS = """
+.live-drag { display: flex; gap: 12px; }
+.live-drag > div { flex: 1; min-width: 0; }
+.live-drag canvas { display: block; max-width: 100%; height: auto; cursor: crosshair; touch-action: none;
+    image-rendering: pixelated; }
+.live-drag img { width: 100%; max-height: 360px; object-fit: contain; image-rendering: pixelated; }
+"""
+# Display-only images are enlarged when small.
 CSS = """
-#preview img, #original img, #result img {
+#original img, #result img {
     width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;
 }
 """
 
 
-def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = MAX_UPLOAD_PIXELS):
+def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = MAX_UPLOAD_PIXELS,
+              live: LiveDrag | None = None):
+    """The editor's page. ``live`` (made from ``holder`` when not given) serves its live drag."""
     # A local editor sends nothing anywhere: Gradio's usage analytics are off, by the variable
     # (read when gradio is imported, and by its launch) and on the Blocks.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     import gradio as gr
 
+    live = live or LiveDrag(holder)
+
     def views(session: Session):
-        return session, points_view(session), preview_view(session), points_text(session)
+        return session, live.view(session), points_text(session)
 
     def on_editor(value, session: Session):
         if editor_background(value) is None:
             # An empty value comes with `change` as an upload starts; writing the state back then
             # could overwrite the upload's own update if it finished first.
-            return (gr.skip(),) * 4
+            return (gr.skip(),) * 3
         try:
-            return views(load_editor_value(session, value, max_side, holder.factor, max_pixels))
+            session = load_editor_value(session, value, max_side, holder.factor, max_pixels)
         except AppError as error:
-            return gr.skip(), gr.skip(), gr.skip(), f"**Error:** {error}"
+            return gr.skip(), gr.skip(), f"**Error:** {error}"
+        live.prepare(session)
+        return views(session)
 
-    def on_click(session: Session, event: gr.SelectData):
-        if session.image is None:
-            return views(session)
-        zoom = view_zoom(session.image)
-        x, y = event.index  # pixels of the enlarged view
-        return views(add_point(session, x // zoom, y // zoom))
+    def on_options(session: Session, prompt, steps, strength, fill, consistency, live_on):
+        session.options = page_options(prompt, steps, strength, fill, consistency)
+        session.live = bool(live_on)
+        return session
 
     def on_run(session: Session, prompt, steps, strength, fill, consistency):
-        # The session is read, never written back: an upload or a click made while this Run works
-        # must survive it.
-        image = session.image
+        # A snapshot, never written back: an upload or a click made while this Run works must survive it.
+        session = session.snapshot()
         try:
             result = edit_session(holder, session, page_options(prompt, steps, strength, fill, consistency))
         except AppError as error:
             return gr.skip(), gr.skip(), f"**Error:** {error}"
         except Exception as error:  # noqa: BLE001 - the page shows one line; the app keeps running
             return gr.skip(), gr.skip(), f"**Error:** unexpected {type(error).__name__}: {error}"
-        return image, result.image, result.status()
+        return session.image, result.image, result.status()
 
-    def on_use_as_input(result, mode: str):
+    def on_use_as_input(result, session: Session):
         if result is None:
-            return gr.skip(), Session(mode=mode), None, None, "Run an edit first."
+            return gr.skip(), *views(dataclasses.replace(session, image=None, mask=None, points=[])), "Run an edit first."
         try:
-            session = use_as_input(result, mode, max_side, holder.factor, max_pixels)
+            session = use_as_input(result, session, max_side, holder.factor, max_pixels)
         except AppError as error:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {error}"
+            return gr.skip(), gr.skip(), gr.skip(), f"**Error:** {error}"
+        live.prepare(session)
         value = {"background": session.image, "layers": [], "composite": session.image}
         return value, *views(session)
 
     with gr.Blocks(title="FastDrag", analytics_enabled=False) as demo:
-        session = gr.State(Session())
+        session = gr.State(Session(), delete_callback=live.forget)
         gr.Markdown("# FastDrag\nOne-step drag editing. **1.** Upload an image and paint the region that may "
-                    "move (or leave it unpainted: the whole image). **2.** Click a handle, then its target. "
-                    "**3.** Run. To move or copy an object instead, pick the mode, paint the object and give "
-                    "one drag.")
-        with gr.Row():
-            editor = gr.ImageEditor(label="1. Image and mask (paint the movable region)", type="numpy",
-                                    sources=["upload", "clipboard"], transforms=(), layers=False,
-                                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), elem_id="editor")
-            points = gr.Image(label="2. Click handle, then target", type="numpy", interactive=False,
-                              elem_id="points", format="png", height=320)
-            preview = gr.Image(label="Preview (pixels moved directly)", type="numpy", interactive=False,
-                               elem_id="preview", format="png", height=320)
+                    "move (or leave it unpainted: the whole image). **2.** Drag from a handle to its target: the "
+                    "edit follows the mouse (or click a handle, then its target). **3.** Run for the final edit. "
+                    "To move or copy an object instead, pick the mode, paint the object and give one drag.")
+        editor = gr.ImageEditor(label="1. Image and mask (paint the movable region)", type="numpy",
+                                sources=["upload", "clipboard"], transforms=(), layers=False,
+                                brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), elem_id="editor")
+
+        def live_move(message):
+            return live.move(message)
+
+        def live_poll(message):
+            return live.poll(message)
+
+        drag_panel = gr.HTML(EMPTY_VIEW, html_template=LIVE_HTML, css_template=LIVE_CSS,
+                             js_on_load=LIVE_JS, server_functions=[live_move, live_poll], elem_id="drag-panel")
         info = gr.Markdown("Upload an image first.", elem_id="info")
         with gr.Row():
             mode = gr.Radio(list(EDIT_MODES), value=DEFAULT_MODE, label="Mode", elem_id="mode")
+            live_on = gr.Checkbox(value=True, label="Live edit (re-edit as you drag)", elem_id="live-on")
             undo = gr.Button("Undo last point", elem_id="undo")
             clear = gr.Button("Clear points", elem_id="clear")
             run = gr.Button("Run", variant="primary", elem_id="run")
@@ -427,17 +705,20 @@ def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE, max_pixe
                               height=360, buttons=["download"])
         use = gr.Button("Use as input", elem_id="use")
 
-        outputs = [session, points, preview, info]
+        outputs = [session, drag_panel, info]
         # `upload` brings the image, `change` and `apply` the brush layers.
         for event in (editor.upload, editor.change, editor.apply):
             event(on_editor, [editor, session], outputs)
-        editor.clear(lambda m: views(Session(mode=m)), [mode], outputs)
+        editor.clear(lambda s: views(dataclasses.replace(s, image=None, mask=None, points=[])), [session], outputs)
         mode.change(lambda s, m: views(set_mode(s, m)), [session, mode], outputs)
-        points.select(on_click, [session], outputs)
+        drag_panel.release(views, [session], outputs)
         undo.click(lambda s: views(undo_point(s)), [session], outputs)
         clear.click(lambda s: views(clear_points(s)), [session], outputs)
+        settings = [prompt, steps, strength, fill, consistency, live_on]
+        for control in settings:
+            control.change(on_options, [session, *settings], [session])
         run.click(on_run, [session, prompt, steps, strength, fill, consistency], [original, result, status])
-        use.click(on_use_as_input, [result, mode], [editor, *outputs])
+        use.click(on_use_as_input, [result, session], [editor, *outputs])
     return demo
 
 

@@ -15,8 +15,8 @@ from fastdrag.apps.app import (
     fit_size,
     load_editor_value,
     painted_mask,
+    points_base,
     points_text,
-    points_view,
     preview_view,
     undo_point,
     use_as_input,
@@ -75,8 +75,12 @@ def test_points_undo_clear_and_views():
         add_point(session, x, y)
     assert session.points == [(2, 3), (23, 0), (5, 5)] and session.drags == [((2, 3), (23, 0))]
     assert "1 drag(s). Click the target" in points_text(session)
-    zoom = view_zoom(session.image)
-    assert zoom == 512 // 24 and points_view(session).shape == (16 * zoom, 24 * zoom, 3)
+    assert view_zoom(session.image) == 512 // 24 and points_base(session) is session.image
+    session.mask = np.zeros((16, 24), bool)
+    session.mask[:, :12] = True
+    dimmed = points_base(session)  # what may not move is dimmed
+    assert (dimmed[:, :12] == 100).all() and (dimmed[:, 12:] == round(100 * 0.45 + 25.5)).all()
+    session.mask = None
     assert preview_view(session).shape == (16, 24, 3)
     undo_point(session)
     assert session.points == [(2, 3), (23, 0)]
@@ -147,14 +151,17 @@ def test_build_app_wires_the_page():
 
     demo = build_app(tiny_holder(), max_side=64)
     ids = {block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)}
-    assert {"editor", "points", "preview", "run", "undo", "clear", "status", "original", "result", "use"} <= ids
+    assert {"editor", "drag-panel", "live-on", "run", "undo", "clear", "status", "original", "result", "use"} <= ids
 
 
 def test_use_as_input_fits_the_image_as_an_upload_is():
     """Issue #23: "Use as input" skipped --max-side, so one request could load 4096x4096 into a session."""
     big = np.zeros((4096, 4096, 3), np.uint8)
-    session = use_as_input(big, "drag", max_side=64, factor=8)
-    assert session.image.shape == (64, 64, 3) and session.points == [] and session.mode == "drag"
+    before = Session(image=np.ones((8, 8, 3), np.uint8), mask=np.ones((8, 8), bool), points=[(1, 1)], mode="move",
+                     token="tab")
+    session = use_as_input(big, before, max_side=64, factor=8)
+    assert session.image.shape == (64, 64, 3) and session.points == [] and session.mask is None
+    assert session.mode == "move" and session.token == "tab"  # the tab's settings stay
 
 
 def test_an_image_over_the_pixel_limit_is_an_app_error_naming_the_option():
@@ -162,7 +169,7 @@ def test_an_image_over_the_pixel_limit_is_an_app_error_naming_the_option():
     with pytest.raises(AppError, match=r"over the limit of 1,000 .*--max-pixels"):
         load_editor_value(Session(), value, max_side=64, factor=8, max_pixels=1000)
     with pytest.raises(AppError, match="--max-pixels"):
-        use_as_input(value["background"], "drag", max_side=64, factor=8, max_pixels=1000)
+        use_as_input(value["background"], Session(), max_side=64, factor=8, max_pixels=1000)
 
 
 def test_gradio_analytics_are_off(monkeypatch):

@@ -7,10 +7,10 @@ shows one made by this test.
 """
 
 import contextlib
+import io
 import os
 import re
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -18,16 +18,21 @@ import numpy as np
 import pytest
 
 from fastdrag import StableDiffusionFastDragPipeline
+from fastdrag.apps.browser import (
+    CHROMIUM_FLAGS,
+    RECORDER_JS,
+    canvas_position,
+    press_drag_release,
+    serve,
+    shown_image,
+    upload_and_wait_for_inversion,
+    wait_for_label,
+)
 from fastdrag.apps.shapes import EXAMPLE_CASE, score_drag
 
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("FASTDRAG_CHROMIUM", "/usr/bin/chromium")
-# Chromium as root in a sandbox with no network: no sandbox, no GPU, no background connections.
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 MAX_SIDE = 64
 UNET_SECONDS = 0.15
 ARTIFACTS = Path(os.environ.get("FASTDRAG_ARTIFACTS", ROOT / "test-artifacts"))
@@ -52,44 +57,33 @@ def _importable(name: str) -> bool:
     return True
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def shapes_holder(unet_seconds: float):
+    """The embedded shapes model (docs/shapes-model.md), each UNet call slowed by ``unet_seconds``."""
+    from fastdrag.apps.app import PipelineHolder
+
+    def load():
+        pipe = StableDiffusionFastDragPipeline.from_pretrained(ROOT / "examples" / "shapes-model")
+        pipe.unet.register_forward_pre_hook(lambda *args: time.sleep(unet_seconds))
+        return pipe
+
+    return PipelineHolder(load)
 
 
 @pytest.fixture
 def app_url():
     require_browser()
-    from fastdrag.apps.app import PipelineHolder, build_app, launch
-
-    def load():
-        # The embedded shapes model (docs/shapes-model.md): a drag really moves an object.
-        pipe = StableDiffusionFastDragPipeline.from_pretrained(ROOT / "examples" / "shapes-model")
-        # Slow enough (about 2 s a Run) that the page can act while a Run works.
-        pipe.unet.register_forward_pre_hook(lambda *args: time.sleep(UNET_SECONDS))
-        return pipe
-
-    demo = build_app(PipelineHolder(load), max_side=MAX_SIDE)
-    port = free_port()
-    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        demo.close()
+    # Slow enough (about 2 s a Run) that the page can act while a Run works.
+    with serve(shapes_holder(UNET_SECONDS), max_side=MAX_SIDE) as url:
+        yield url
 
 
-def click_image_pixel(page, selector: str, x: int, y: int, image_side: int = MAX_SIDE) -> None:
-    """Click the centre of pixel ``(x, y)`` of the ``image_side``-square image shown (enlarged, then
-    fitted into its box, centred) by the ``img`` at ``selector``."""
-    natural_w, natural_h, left, top, width, height = page.locator(selector).evaluate(
-        "e => { const r = e.getBoundingClientRect();"
-        " return [e.naturalWidth, e.naturalHeight, r.left, r.top, r.width, r.height]; }"
-    )
-    scale = min(width / natural_w, height / natural_h, 1.0)  # shown at most at natural size
-    offset_x, offset_y = (width - natural_w * scale) / 2, (height - natural_h * scale) / 2
-    per_pixel = natural_w * scale / image_side
-    page.mouse.click(left + offset_x + (x + 0.5) * per_pixel, top + offset_y + (y + 0.5) * per_pixel)
+def launch_chromium(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+
+
+def click_pixel(page, x: int, y: int) -> None:
+    """Click the centre of image pixel ``(x, y)`` on the drag panel's canvas."""
+    page.mouse.click(*canvas_position(page, x, y, (MAX_SIDE, MAX_SIDE)))
 
 
 def wait_text(page, selector: str, pattern: str, timeout: float = 60_000) -> str:
@@ -123,39 +117,24 @@ def upload(page, path: Path) -> None:
 
 
 def paint_stroke(page, path: Path) -> None:
-    """Paint a horizontal stroke across the middle of the editor. Headless Chromium sometimes shows
+    """Paint a horizontal stroke across the middle of the editor (the image sits in its middle fifth). Headless Chromium sometimes shows
     the editor's canvas blank after an upload (about one run in ten here), and a stroke there paints
     nothing: then reload the page (a fresh editor), upload again and paint again, at most 3 times."""
     for _ in range(3):
         canvas = page.locator("#editor canvas").first.bounding_box()
-        page.mouse.move(canvas["x"] + canvas["width"] * 0.3, canvas["y"] + canvas["height"] * 0.5)
+        page.mouse.move(canvas["x"] + canvas["width"] * 0.42, canvas["y"] + canvas["height"] * 0.5)
         page.mouse.down()
-        page.mouse.move(canvas["x"] + canvas["width"] * 0.7, canvas["y"] + canvas["height"] * 0.5, steps=12)
+        page.mouse.move(canvas["x"] + canvas["width"] * 0.58, canvas["y"] + canvas["height"] * 0.5, steps=12)
         page.mouse.up()
         try:
             page.wait_for_function("/px painted/.test(document.querySelector('#info').innerText)", timeout=10_000)
             return
         except Exception:  # noqa: BLE001 - playwright's TimeoutError: a fresh page, upload, paint again
             page.reload()
+            page.locator("#live-on input").uncheck()
             upload(page, path)
             page.wait_for_function("/\\d+x\\d+ image/.test(document.querySelector('#info').innerText)")
             page.wait_for_timeout(1_000)
-
-
-def shown_image(page, selector: str):
-    """The image an ``img`` shows, as an RGB PIL image, fetched from its ``src``."""
-    import base64
-    import io
-    from urllib.parse import urljoin
-
-    from PIL import Image
-
-    src = page.locator(selector).get_attribute("src")
-    if src.startswith("data:"):
-        data = base64.b64decode(src.split(",", 1)[1])
-    else:
-        data = page.request.get(urljoin(page.url, src)).body()
-    return Image.open(io.BytesIO(data)).convert("RGB")
 
 
 def natural_size(page, selector: str) -> tuple[int, int]:
@@ -168,10 +147,12 @@ def test_drag_edit_in_the_browser(app_url):
     artifacts = ARTIFACTS
     artifacts.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1250})
             page.goto(app_url)
+            # The click workflow and Run, with live edit off (test_live_drag covers it on).
+            page.locator("#live-on input").uncheck()
 
             # 1. Upload: the 256x256 example is scaled down to the app's longest side.
             upload(page, ROOT / "examples" / "shapes.png")
@@ -186,15 +167,15 @@ def test_drag_edit_in_the_browser(app_url):
             wait_text(page, "#info", r"mask: [1-9]\d* px painted")
 
             # 3. Handle on the disc, target to its right; then undo and redo the target.
-            click_image_pixel(page, "#points img", 26, 32)
+            click_pixel(page, 26, 32)
             wait_text(page, "#info", r"0 drag\(s\)\. Click the target")
-            click_image_pixel(page, "#points img", 40, 40)
+            click_pixel(page, 40, 40)
             wait_text(page, "#info", r"1 drag\(s\)")
             page.click("#undo")
             wait_text(page, "#info", r"0 drag\(s\)\. Click the target")
-            click_image_pixel(page, "#points img", 35, 32)
+            click_pixel(page, 35, 32)
             wait_text(page, "#info", r"1 drag\(s\)\. Click a handle")
-            assert natural_size(page, "#preview img") == (MAX_SIDE, MAX_SIDE)
+            assert natural_size(page, "#fd-preview img") == (MAX_SIDE, MAX_SIDE)
 
             # 4. Run: the edit, of the input's size, beside the original, with the phases.
             page.click("#run")
@@ -216,13 +197,13 @@ def test_drag_edit_in_the_browser(app_url):
             #     from the same cached inversion (every mode shares it).
             page.locator("#mode label", has_text="move").click()
             wait_text(page, "#info", r"1 drag\(s\)\. Click a point of the object")
-            dragged_preview = page.locator("#preview img").get_attribute("src")
-            click_image_pixel(page, "#points img", 26, 32)  # a click after a complete drag starts again
+            dragged_preview = page.locator("#fd-preview img").get_attribute("src")
+            click_pixel(page, 26, 32)  # a click after a complete drag starts again
             wait_text(page, "#info", r"0 drag\(s\)\. Click where it goes")
-            click_image_pixel(page, "#points img", 40, 22)
+            click_pixel(page, 40, 22)
             wait_text(page, "#info", r"1 drag\(s\)\. Click a point of the object")
             page.wait_for_function(
-                "old => document.querySelector('#preview img')?.getAttribute('src') !== old", arg=dragged_preview
+                "old => document.querySelector('#fd-preview img')?.getAttribute('src') !== old", arg=dragged_preview
             )
             page.click("#run")
             page.wait_for_function("old => document.querySelector('#status').innerText !== old", arg=second)
@@ -237,9 +218,9 @@ def test_drag_edit_in_the_browser(app_url):
 
             # 7. An upload made while a Run works survives the Run: the next Run sees the new image,
             #    which has no drag yet, not the image and points the first Run worked on.
-            click_image_pixel(page, "#points img", 20, 20)
+            click_pixel(page, 20, 20)
             wait_text(page, "#info", r"0 drag\(s\)\. Click the target")
-            click_image_pixel(page, "#points img", 30, 20)
+            click_pixel(page, 30, 20)
             wait_text(page, "#info", r"1 drag\(s\)\. Click a handle")
             page.click("#run")
             page.locator("#editor input[type=file]").set_input_files(str(ROOT / "examples" / "shapes.png"))
@@ -250,21 +231,19 @@ def test_drag_edit_in_the_browser(app_url):
 
             # 8. A real drag: the striped disc of examples/drag_me.png, whole image as the mask, goes
             #    to its target in the edit the page shows.
-            before = page.locator("#points img").get_attribute("src")
             page.locator("#editor input[type=file]").set_input_files(str(ROOT / "examples" / "drag_me.png"))
-            page.wait_for_function("old => document.querySelector('#points img')?.getAttribute('src') !== old", arg=before)
-            wait_text(page, "#info", r"64x64 image, mask: whole image, 0 drag")
+            page.wait_for_function("/mask: whole image, 0 drag/.test(document.querySelector('#info').innerText)")
             # The upload re-renders the points view once more after its first update: a click
             # landing in between is lost, so click again until the page has it.
             for _ in range(5):
                 page.wait_for_timeout(1_000)
-                click_image_pixel(page, "#points img", *map(int, EXAMPLE_CASE.handle))
+                click_pixel(page, *map(int, EXAMPLE_CASE.handle))
                 with contextlib.suppress(Exception):  # playwright's TimeoutError: click once more
                     page.wait_for_function("/Click the target/.test(document.querySelector('#info').innerText)",
                                            timeout=5_000)
                     break
             wait_text(page, "#info", r"0 drag\(s\)\. Click the target")
-            click_image_pixel(page, "#points img", *map(int, EXAMPLE_CASE.target))
+            click_pixel(page, *map(int, EXAMPLE_CASE.target))
             wait_text(page, "#info", r"1 drag\(s\)\. Click a handle")
             page.click("#run")
             assert "inverted this image" in wait_text(page, "#status", r"Edited in")
@@ -275,3 +254,155 @@ def test_drag_edit_in_the_browser(app_url):
     assert (artifacts / "app.png").stat().st_size > 10_000
     if os.environ.get("FASTDRAG_UPDATE_DOCS_SCREENSHOT"):
         shutil.copy(artifacts / "app.png", ROOT / "docs" / "images" / "app.png")
+
+
+# --------------------------------------------------------------------------------------------
+# Live drag (issue 21): the edit follows the mouse
+# --------------------------------------------------------------------------------------------
+
+LIVE_UNET_SECONDS = 0.05  # a re-drag takes about half a second: several finish during a drag, some are dropped
+SIDE = (MAX_SIDE, MAX_SIDE)
+
+
+@pytest.fixture
+def live_app():
+    """The editor on the shapes model, with its LiveDrag at hand to read the runs and the cache."""
+    require_browser()
+    from fastdrag.apps.app import LiveDrag
+
+    holder = shapes_holder(LIVE_UNET_SECONDS)
+    live = LiveDrag(holder)
+    with serve(holder, max_side=MAX_SIDE, live=live) as url:
+        yield url, holder, live
+
+
+def editor_image(path: Path) -> np.ndarray:
+    """The image the editor makes of an upload of ``path`` (the same function the page uses)."""
+    from PIL import Image
+
+    from fastdrag.apps.app import Session, load_editor_value
+
+    value = {"background": np.asarray(Image.open(path).convert("RGB")), "layers": []}
+    return load_editor_value(Session(), value, MAX_SIDE, 8).image
+
+
+def direct_edit(holder, image: np.ndarray, handle, target) -> np.ndarray:
+    """The pipeline called directly with one drag through the server's cached inversion of
+    ``image``, as uint8 pixels (as the editor turns its output into pixels)."""
+    from fastdrag.apps.app import inversion_key
+    from fastdrag.apps.options import EditOptions
+
+    inversion = holder.inversions.get(inversion_key(image, EditOptions()))
+    assert inversion is not None, "the page's inversion is not in the cache"
+    out = holder.get()(handle_points=[handle], target_points=[target], mask=None,
+                       **EditOptions().pipeline_kwargs(inversion), output_type="np")
+    return (out.images[0] * 255).round().astype(np.uint8)
+
+
+def edit_numbers(labels: list[str]) -> list[int]:
+    return [int(m.group(1)) for _, text in labels if (m := re.match(r"Live edit (\d+):", text))]
+
+
+def assert_one_run_at_a_time(runs) -> None:
+    """No two re-drags overlapped: not for one session, not for any two (one UNet sequence at a time)."""
+    ordered = sorted(runs, key=lambda run: run.started)
+    for before, after in zip(ordered, ordered[1:]):
+        assert after.started >= before.ended, (before, after)
+
+
+def test_live_drag_follows_the_mouse(live_app):
+    """Press on the handle, 25 moves, release: the preview moves during the drag, re-drags arrive in
+    order, and the last one is the pipeline's edit of the final drag, bit for bit."""
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    url, holder, live = live_app
+    handle, target = tuple(map(int, EXAMPLE_CASE.handle)), tuple(map(int, EXAMPLE_CASE.target))
+    frames = []
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1250})
+            page.goto(url)
+            upload_and_wait_for_inversion(page, ROOT / "examples" / "drag_me.png")
+            page.evaluate(RECORDER_JS)
+
+            def snap(step: int) -> None:
+                if step % 6 == 0:
+                    frames.append(page.locator(".live-drag").screenshot())
+
+            snap(0)
+            press_drag_release(page, handle, target, SIDE, moves=25, pause_ms=40, on_move=snap)
+            label = wait_for_label(page, f"-> {target} in")
+            log = page.evaluate("window.__fastdrag")
+            frames.append(page.locator(".live-drag").screenshot())
+            shown = np.asarray(shown_image(page, "#fd-live img"))
+        finally:
+            browser.close()
+
+    during = [t for t, _ in log["previews"] if t < log["released"]]
+    assert len(during) >= 3, log["previews"]  # the preview followed the mouse while the button was held
+    numbers = edit_numbers(log["labels"])
+    assert len(numbers) >= 2 and numbers == sorted(set(numbers)), log["labels"]  # several, in order
+    assert label.startswith(f"Live edit {numbers[-1]}: {handle} -> {target}")
+    assert np.array_equal(shown, direct_edit(holder, editor_image(ROOT / "examples" / "drag_me.png"), handle, target))
+    assert_one_run_at_a_time(live.jobs.runs)
+    assert {run.key for run in live.jobs.runs} == {next(iter({run.key for run in live.jobs.runs}))}
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    images = [Image.open(io.BytesIO(frame)).convert("RGB") for frame in frames]
+    gif = ARTIFACTS / "live-drag.gif"
+    images[0].save(gif, save_all=True, append_images=images[1:] + [images[-1]] * 3, duration=400, loop=0)
+    (ARTIFACTS / "live-drag.txt").write_text(
+        f"labels: {log['labels']}\nruns: {list(live.jobs.runs)}\ndropped: {live.jobs.dropped}\n")
+    if os.environ.get("FASTDRAG_UPDATE_DOCS_SCREENSHOT"):
+        shutil.copy(gif, ROOT / "docs" / "images" / "live-drag.gif")
+
+
+def test_two_sessions_dragging_at_once_see_only_their_own_results(live_app):
+    """Two browser sessions drag different images at the same time, moves interleaved: each page
+    shows only its own re-drags, and each ends with the pipeline's edit of its own final drag."""
+    from playwright.sync_api import sync_playwright
+
+    url, holder, live = live_app
+    cases = {"drag_me": (ROOT / "examples" / "drag_me.png", (22, 30), (34, 30)),
+             "shapes": (ROOT / "examples" / "shapes.png", (26, 32), (38, 20))}
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            pages = {}
+            for name, (path, _, _) in cases.items():
+                page = browser.new_context(viewport={"width": 1400, "height": 1250}).new_page()
+                page.goto(url)
+                upload_and_wait_for_inversion(page, path)
+                page.evaluate(RECORDER_JS)
+                pages[name] = page
+            for name, page in pages.items():
+                page.mouse.move(*canvas_position(page, *cases[name][1], SIDE))
+                page.mouse.down()
+            moves = 20
+            for i in range(1, moves + 1):
+                for name, page in pages.items():
+                    (hx, hy), (tx, ty) = cases[name][1], cases[name][2]
+                    page.mouse.move(*canvas_position(page, hx + (tx - hx) * i / moves, hy + (ty - hy) * i / moves, SIDE))
+                    page.wait_for_timeout(20)
+            for page in pages.values():
+                page.mouse.up()
+            shown, logs = {}, {}
+            for name, page in pages.items():
+                wait_for_label(page, f"-> {cases[name][2]} in")
+                logs[name] = page.evaluate("window.__fastdrag")
+                shown[name] = np.asarray(shown_image(page, "#fd-live img"))
+        finally:
+            browser.close()
+
+    for name, (path, handle, target) in cases.items():
+        other = next(case for key, case in cases.items() if key != name)
+        texts = [text for _, text in logs[name]["labels"] if text.startswith("Live edit")]
+        assert texts and all(f"{handle} -> " in text for text in texts), texts  # its own drag only
+        assert not any(f"{other[1]} -> " in text for text in texts)
+        numbers = edit_numbers(logs[name]["labels"])
+        assert numbers == sorted(set(numbers))
+        assert np.array_equal(shown[name], direct_edit(holder, editor_image(path), handle, target))
+    assert_one_run_at_a_time(live.jobs.runs)
+    assert len({run.key for run in live.jobs.runs}) == 2

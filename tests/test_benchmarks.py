@@ -93,3 +93,26 @@ def test_a_usage_error_in_a_script_is_one_line_and_exit_2(script, argv, message)
     # (transformers 5 may print a line of its own first, about torchvision, at import)
     assert done.stderr.strip().splitlines()[-1].startswith(f"{script}: error: {message}")
     assert "Traceback" not in done.stderr
+
+
+def test_bench_live_drag_prints_its_table():
+    """The live-drag benchmark drives the real editor in headless Chromium (skipped without one,
+    except under CI), here with one short drag on the shapes model."""
+    from test_app_browser import require_browser
+
+    require_browser()
+    bench = BENCH.parent / "bench_live_drag.py"
+    done = subprocess.run([sys.executable, str(bench), "--drags", "1", "--moves", "6"], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in done.stdout.splitlines() if line.startswith("| ")}
+    assert float(rows["preview frames per second while dragging"][0]) > 0
+    assert 0 < float(rows["release to final result, seconds"][0]) < 60
+    redrag = next(value for key, value in rows.items() if key.startswith("one re-drag on the server"))
+    assert float(redrag[0]) > 0
+
+
+def test_bench_live_drag_refuses_bad_options_in_one_line():
+    bench = BENCH.parent / "bench_live_drag.py"
+    done = subprocess.run([sys.executable, str(bench), "--side", "100"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == "bench_live_drag.py: error: --side must be a multiple of 8, got 100"
