@@ -15,6 +15,7 @@ browser; :func:`build_app` wires them to Gradio components.
 """
 
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
@@ -43,7 +44,7 @@ from ..inputs import (
     to_rgb,
 )
 from .frontend import first_line, format_phases, preview_drag
-from .live import MAX_KEYS, Finished, LatestWins
+from .live import Finished, LatestWins
 from .options import EditOptions
 
 
@@ -54,6 +55,8 @@ DEFAULT_CACHE_MIB = 2048  # about ten SD 1.5 inversions at 512x512 in fp16
 VIEW_SIDE = 512  # smaller images are shown enlarged by an integer factor up to this
 DEFAULTS = EditOptions()  # the Advanced settings' initial values
 POLL_SECONDS = 5.0  # how long one request of the page waits for a live result before asking again
+POLL_INTERVAL = 0.02  # how often a waiting request looks for a result, in seconds
+MAX_LIVE_SESSIONS = 64  # browser sessions live drag keeps (each with an image and one result)
 MAX_TOKEN_CHARS = 64
 
 
@@ -156,15 +159,17 @@ def preview_view(session: Session) -> np.ndarray | None:
 
 
 def points_text(session: Session) -> str:
+    """The line under the drag panel: the image, the mask, the drags, what to do next."""
+    off = "" if session.live else " Live edit is off."
     if session.image is None:
-        return "Upload an image first."
+        return "Upload an image first." + off
     height, width = session.image.shape[:2]
     region = "whole image" if session.mask is None else f"{int(session.mask.sum())} px painted"
     pending = " Click the target of the last handle." if len(session.points) % 2 else " Click a handle."
     if session.moves_an_object:
         pending = (f" Paint the object to {session.mode}." if session.mask is None
                    else " Click where it goes." if len(session.points) % 2 else " Click a point of the object.")
-    return f"{width}x{height} image, mask: {region}, {len(session.drags)} drag(s).{pending}"
+    return f"{width}x{height} image, mask: {region}, {len(session.drags)} drag(s).{pending}{off}"
 
 
 def editor_background(value: Any) -> np.ndarray | None:
@@ -197,7 +202,7 @@ def load_editor_value(session: Session, value: Any, max_side: int, factor: int,
     layers = value.get("layers", []) if isinstance(value, dict) else []
     mask = painted_mask(layers, size)
     if session.image is None or image.shape != session.image.shape or not np.array_equal(image, session.image):
-        return dataclasses.replace(session, image=image, mask=mask, points=[])
+        return dataclasses.replace(session, image=image, mask=mask, points=[], token="")  # a new live session
     session.mask = mask
     return session
 
@@ -437,86 +442,99 @@ def _is_int(value: Any) -> bool:
 
 class LiveDrag:
     """The editor's live drag. While the mouse button is held, the page sends the points at each
-    move (:meth:`move`): the answer is the pixel preview, and, when the drags changed, a re-drag is
-    submitted. The page asks for finished re-drags with :meth:`poll`.
+    move (:meth:`move`): the answer is the pixel preview, and, when the edit changed, a re-drag is
+    submitted. The page asks for finished re-drags with :meth:`poll`. Any other change of a session
+    (an upload, paint, undo, a setting) goes through :meth:`update`: the first one of an image
+    inverts it in the background.
 
     Re-drags run on one :class:`~fastdrag.apps.live.LatestWins` worker (``self.jobs``), one UNet call
     sequence at a time: each session's newest request wins, sessions take turns, each sees only its
-    own results. A re-drag starts from the server's cached inversion (:func:`edit_session`), made in
-    the background after an upload (:meth:`prepare`). Sessions are found by their token; at most
-    ``max_sessions`` are kept (the least recently used is dropped, and its page told to reload).
+    own results. A re-drag starts from the server's cached inversion (:func:`edit_session`).
+
+    This object owns the sessions' lifetimes, under one lock: a session is found by its token, at
+    most ``max_sessions`` are kept, and the least recently used is dropped past that (its page is
+    told to reload; if it comes back, it gets a new token). A session with another image is another
+    live session: :func:`load_editor_value` gives it no token, and the page's handler forgets the old.
     """
 
-    def __init__(self, holder: PipelineHolder, max_sessions: int = MAX_KEYS):
+    def __init__(self, holder: PipelineHolder, max_sessions: int = MAX_LIVE_SESSIONS):
         self.holder = holder
-        self.jobs = LatestWins(self._run, describe_error=first_line, max_keys=max_sessions)
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
-        self._submitted: dict[str, tuple] = {}  # token -> what its newest job edits (see _submit)
+        self.jobs = LatestWins(self._run, describe_error=first_line)
+        self._sessions: OrderedDict[str, Session] = OrderedDict()  # least recently used first
+        self._edits: dict[str, tuple] = {}  # token -> (job number, what its newest job edits)
         self._max_sessions = max_sessions
         self._lock = threading.Lock()
 
     def register(self, session: Session) -> Session:
-        """Make ``session`` the one its token names (giving it a token on first use)."""
+        """Make ``session`` the one its token names (giving it a token if it has none)."""
         with self._lock:
             if not session.token:
                 session.token = secrets.token_urlsafe(16)
             self._sessions[session.token] = session
             self._sessions.move_to_end(session.token)
             while len(self._sessions) > self._max_sessions:
-                token, _ = self._sessions.popitem(last=False)
-                self._submitted.pop(token, None)
-                self.jobs.forget(token)
+                _, dropped = self._sessions.popitem(last=False)
+                self._drop(dropped)
         return session
 
     def forget(self, session: Session) -> None:
-        """Drop a closed tab's session, its waiting re-drag and its kept result."""
+        """Drop a session whose tab closed or whose image was replaced, with its jobs and result."""
         with self._lock:
             if self._sessions.get(session.token) is session:
                 del self._sessions[session.token]
-                self._submitted.pop(session.token, None)
-                self.jobs.forget(session.token)
+                self._drop(session)
 
     def session(self, token: str) -> Session:
+        """The session ``token`` names, now the most recently used."""
         with self._lock:
             session = self._sessions.get(token)
+            if session is not None:
+                self._sessions.move_to_end(token)
         if session is None:
             raise AppError("this page's session has ended: reload the page")
         return session
 
-    def prepare(self, session: Session) -> None:
-        """Invert the session's image in the background (after an upload), unless live edit is off
-        or the inversion is cached already."""
-        if session.live and session.image is not None and not self._cached(session):
+    def update(self, session: Session) -> None:
+        """Bring the live edit up to date after a change made outside a drag: re-drag the session's
+        drags, or, without any, invert its image in the background unless that is cached. Nothing
+        when live edit is off or there is no image."""
+        if session.live and session.image is not None:
             self._submit(self.register(session))
 
     def move(self, message: Any) -> dict[str, Any]:
         """The page's points changed (``{"token", "points"}``): set them, submit a re-drag when the
-        edit changed, and answer ``{"preview", "points", "busy"}`` (or ``{"error"}``)."""
+        edit changed, and answer ``{"preview", "points", "job", "busy"}`` (or ``{"error"}``):
+        ``job`` is the number of the newest job for the session (0 for none)."""
         try:
             fields = parse_live_message(message, "token", "points")
             session = set_points(self.session(fields["token"]), [tuple(p) for p in fields["points"]])
             preview = preview_view(session)
-            if session.live and session.drags and not (session.moves_an_object and session.mask is None):
-                self._submit(session)
+            job = self._submit(session) if session.live and session.drags else 0
             return {"preview": data_url(preview) if preview is not None else "", "points": session.points,
-                    "busy": self.jobs.busy(session.token)}
+                    "job": job, "busy": self.jobs.busy(session.token)}
         except (AppError, ValueError) as error:
             return {"error": first_line(error)}
 
-    def poll(self, message: Any) -> dict[str, Any]:
+    async def poll(self, message: Any, timeout: float = POLL_SECONDS) -> dict[str, Any]:
         """The session's newest finished job numbered above ``after`` (``{"token", "after"}``),
-        waiting up to ``POLL_SECONDS`` while it has work: ``{"busy", "result"}`` (or ``{"error"}``),
-        ``result`` being ``{"seq", "label"}`` and, for an edit, ``"image"``."""
+        waiting up to ``timeout`` seconds while it has work: ``{"busy", "result"}`` (or
+        ``{"error"}``), ``result`` being ``{"seq", "label"}`` and, for an edit, ``"image"``.
+
+        A coroutine, so that a page waiting holds no server thread (Gradio runs a coroutine server
+        function on its event loop, a plain one on its thread pool of 40)."""
         try:
             fields = parse_live_message(message, "token", "after")
-            session = self.session(fields["token"])
+            token = self.session(fields["token"]).token
         except AppError as error:
             return {"error": str(error)}
-        finished = self.jobs.latest(session.token, fields["after"], timeout=POLL_SECONDS)
-        reply = {"busy": self.jobs.busy(session.token), "result": None}
-        if finished is not None:
-            reply["result"] = self._result(finished)
-        return reply
+        deadline = time.monotonic() + timeout
+        while True:
+            finished = self.jobs.latest(token, fields["after"])
+            busy = self.jobs.busy(token)
+            if finished is not None or not busy or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(POLL_INTERVAL)
+        return {"busy": busy, "result": self._result(finished) if finished is not None else None}
 
     def status(self, session: Session) -> str:
         """What the page says of live drag for this session before any result."""
@@ -524,8 +542,8 @@ class LiveDrag:
             return ""
         if not session.live:
             return "Live edit is off: press Run to edit."
-        last = self._submitted.get(session.token)
-        if self.jobs.busy(session.token) and last is not None and not last[1]:
+        edit = self._edits.get(session.token)
+        if self.jobs.busy(session.token) and edit is not None and not edit[1][1]:
             return "Inverting this image in the background..."
         if self._cached(session):
             return "Inversion ready: drag a point and the edit follows."
@@ -538,26 +556,42 @@ class LiveDrag:
             return dict(EMPTY_VIEW, mode=session.mode)
         self.register(session)
         preview = preview_view(session)
-        return {"token": session.token, "image": image_key(session.image), "src": data_url(base),
-                "width": base.shape[1], "height": base.shape[0], "zoom": view_zoom(base),
-                "points": [list(p) for p in session.points], "mode": session.mode, "preview": data_url(preview),
-                "busy": self.jobs.busy(session.token), "status": self.status(session)}
+        return {"token": session.token, "src": data_url(base), "width": base.shape[1], "height": base.shape[0],
+                "zoom": view_zoom(base), "points": [list(p) for p in session.points], "mode": session.mode,
+                "preview": data_url(preview), "busy": self.jobs.busy(session.token), "status": self.status(session)}
 
     def close(self) -> None:
+        """Run no more jobs (tests; the app's worker ends with its process)."""
         self.jobs.close()
+
+    def _drop(self, session: Session) -> None:
+        """Forget a session just removed from ``_sessions`` (under the lock); it loses its token, so
+        that if its page comes back it starts again under a new one."""
+        self._edits.pop(session.token, None)
+        self.jobs.forget(session.token)
+        session.token = ""
 
     def _cached(self, session: Session) -> bool:
         return self.holder.inversions.get(inversion_key(session.image, session.options)) is not None
 
-    def _submit(self, session: Session) -> None:
-        """Submit a job for the session as it is now, unless the newest one edits the same."""
+    def _submit(self, session: Session) -> int:
+        """Submit a job for the session as it is now, unless its newest job edits the same or the
+        session was dropped meanwhile (then 0); return the number of the session's newest job."""
         edit = (session.image, session.drags, session.mode, _mask_digest(session.mask), session.options)
         with self._lock:
-            last = self._submitted.get(session.token)
-            if last is not None and last[0] is edit[0] and last[1:] == edit[1:]:
-                return
-            self._submitted[session.token] = edit
-        self.jobs.submit(session.token, session.snapshot())
+            if self._sessions.get(session.token) is not session:
+                return 0
+            last = self._edits.get(session.token)
+            if last is not None and last[1][0] is edit[0] and last[1][1:] == edit[1:]:
+                return last[0]
+            if not edit[1] and self._cached(session):
+                return last[0] if last is not None else 0  # nothing to re-drag, nothing to invert
+            try:
+                job = self.jobs.submit(session.token, session.snapshot())
+            except RuntimeError as error:  # closed
+                raise AppError("the server is shutting down") from error
+            self._edits[session.token] = (job, edit)
+            return job
 
     def _run(self, session: Session) -> LiveOutcome:
         if not session.drags:
@@ -578,7 +612,7 @@ class LiveDrag:
         return {"seq": finished.seq, "image": data_url(outcome.edit.image), "label": label}
 
 
-EMPTY_VIEW = {"token": "", "image": "", "src": "", "width": 0, "height": 0, "zoom": 1, "points": [],
+EMPTY_VIEW = {"token": "", "src": "", "width": 0, "height": 0, "zoom": 1, "points": [],
               "mode": DEFAULT_MODE, "preview": "", "busy": False, "status": ""}  # the drag panel with no image
 
 
@@ -616,8 +650,9 @@ CSS = """
 
 
 def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = MAX_UPLOAD_PIXELS,
-              live: LiveDrag | None = None):
-    """The editor's page. ``live`` (made from ``holder`` when not given) serves its live drag."""
+              live: LiveDrag | None = None, live_edit: bool = True):
+    """The editor's page. ``live`` (made from ``holder`` when not given) serves its live drag;
+    ``live_edit`` is the live-edit switch's initial state in each new page."""
     # A local editor sends nothing anywhere: Gradio's usage analytics are off, by the variable
     # (read when gradio is imported, and by its launch) and on the Blocks.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -628,22 +663,28 @@ def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE, max_pixe
     def views(session: Session):
         return session, live.view(session), points_text(session)
 
+    def changed(old: Session, new: Session):
+        """The views after a change outside a drag, the live edit brought up to date; a session
+        replaced (another image, none) is forgotten."""
+        if new is not old:
+            live.forget(old)
+        live.update(new)
+        return views(new)
+
     def on_editor(value, session: Session):
         if editor_background(value) is None:
             # An empty value comes with `change` as an upload starts; writing the state back then
             # could overwrite the upload's own update if it finished first.
             return (gr.skip(),) * 3
         try:
-            session = load_editor_value(session, value, max_side, holder.factor, max_pixels)
+            return changed(session, load_editor_value(session, value, max_side, holder.factor, max_pixels))
         except AppError as error:
             return gr.skip(), gr.skip(), f"**Error:** {error}"
-        live.prepare(session)
-        return views(session)
 
     def on_options(session: Session, prompt, steps, strength, fill, consistency, live_on):
         session.options = page_options(prompt, steps, strength, fill, consistency)
         session.live = bool(live_on)
-        return session
+        return changed(session, session)
 
     def on_run(session: Session, prompt, steps, strength, fill, consistency):
         # A snapshot, never written back: an upload or a click made while this Run works must survive it.
@@ -658,17 +699,15 @@ def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE, max_pixe
 
     def on_use_as_input(result, session: Session):
         if result is None:
-            return gr.skip(), *views(dataclasses.replace(session, image=None, mask=None, points=[])), "Run an edit first."
+            return gr.skip(), gr.skip(), gr.skip(), "Run an edit first."
         try:
-            session = use_as_input(result, session, max_side, holder.factor, max_pixels)
+            new = use_as_input(result, session, max_side, holder.factor, max_pixels)
         except AppError as error:
             return gr.skip(), gr.skip(), gr.skip(), f"**Error:** {error}"
-        live.prepare(session)
-        value = {"background": session.image, "layers": [], "composite": session.image}
-        return value, *views(session)
+        return {"background": new.image, "layers": [], "composite": new.image}, *changed(session, new)
 
     with gr.Blocks(title="FastDrag", analytics_enabled=False) as demo:
-        session = gr.State(Session(), delete_callback=live.forget)
+        session = gr.State(Session(live=live_edit), delete_callback=live.forget)
         gr.Markdown("# FastDrag\nOne-step drag editing. **1.** Upload an image and paint the region that may "
                     "move (or leave it unpainted: the whole image). **2.** Drag from a handle to its target: the "
                     "edit follows the mouse (or click a handle, then its target). **3.** Run for the final edit. "
@@ -680,15 +719,15 @@ def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE, max_pixe
         def live_move(message):
             return live.move(message)
 
-        def live_poll(message):
-            return live.poll(message)
+        async def live_poll(message):
+            return await live.poll(message)
 
         drag_panel = gr.HTML(EMPTY_VIEW, html_template=LIVE_HTML, css_template=LIVE_CSS,
                              js_on_load=LIVE_JS, server_functions=[live_move, live_poll], elem_id="drag-panel")
         info = gr.Markdown("Upload an image first.", elem_id="info")
         with gr.Row():
             mode = gr.Radio(list(EDIT_MODES), value=DEFAULT_MODE, label="Mode", elem_id="mode")
-            live_on = gr.Checkbox(value=True, label="Live edit (re-edit as you drag)", elem_id="live-on")
+            live_on = gr.Checkbox(value=live_edit, label="Live edit (re-edit as you drag)", elem_id="live-on")
             undo = gr.Button("Undo last point", elem_id="undo")
             clear = gr.Button("Clear points", elem_id="clear")
             run = gr.Button("Run", variant="primary", elem_id="run")
@@ -709,14 +748,15 @@ def build_app(holder: PipelineHolder, max_side: int = DEFAULT_MAX_SIDE, max_pixe
         # `upload` brings the image, `change` and `apply` the brush layers.
         for event in (editor.upload, editor.change, editor.apply):
             event(on_editor, [editor, session], outputs)
-        editor.clear(lambda s: views(dataclasses.replace(s, image=None, mask=None, points=[])), [session], outputs)
-        mode.change(lambda s, m: views(set_mode(s, m)), [session, mode], outputs)
-        drag_panel.release(views, [session], outputs)
-        undo.click(lambda s: views(undo_point(s)), [session], outputs)
-        clear.click(lambda s: views(clear_points(s)), [session], outputs)
+        editor.clear(lambda s: changed(s, dataclasses.replace(s, image=None, mask=None, points=[], token="")),
+                     [session], outputs)
+        mode.change(lambda s, m: changed(s, set_mode(s, m)), [session, mode], outputs)
+        drag_panel.release(views, [session], outputs)  # the drag's moves submitted its re-drags already
+        undo.click(lambda s: changed(s, undo_point(s)), [session], outputs)
+        clear.click(lambda s: changed(s, clear_points(s)), [session], outputs)
         settings = [prompt, steps, strength, fill, consistency, live_on]
         for control in settings:
-            control.change(on_options, [session, *settings], [session])
+            control.change(on_options, [session, *settings], outputs)
         run.click(on_run, [session, prompt, steps, strength, fill, consistency], [original, result, status])
         use.click(on_use_as_input, [result, session], [editor, *outputs])
     return demo

@@ -677,6 +677,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"uploaded images are scaled down to this (default {DEFAULT_MAX_SIDE})")
     app.add_argument("--cache", type=int, default=DEFAULT_CACHE_MIB, metavar="MIB",
                      help=f"memory for cached inversions, shared by all tabs (default {DEFAULT_CACHE_MIB} MiB)")
+    app.add_argument("--no-live", action="store_true",
+                     help="start pages with live edit off: no re-drag while dragging, no inversion until Run")
     max_pixels_option(app, MAX_UPLOAD_PIXELS, "uploads are scaled down to --max-side anyway")
     return parser
 
@@ -696,10 +698,11 @@ def run_app(args) -> None:
     Image.MAX_IMAGE_PIXELS = args.max_pixels
     try:
         demo = build_app(PipelineHolder(load, cache_mib=args.cache), max_side=args.max_side,
-                         max_pixels=args.max_pixels)
+                         max_pixels=args.max_pixels, live_edit=not args.no_live)
     except ImportError as error:
         raise UsageError(f"the app needs Gradio: pip install 'diffusers-fastdrag[app]' ({error})") from error
-    print(f"FastDrag editor on http://{args.host}:{args.port} (the model loads on the first Run)")
+    when = "the first Run" if args.no_live else "the first upload (live edit inverts it at once)"
+    print(f"FastDrag editor on http://{args.host}:{args.port} (the model loads on {when})")
     launch(demo, server_name=args.host, server_port=args.port, share=args.share)
 
 

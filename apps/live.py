@@ -10,8 +10,12 @@ anyway; this adds the order):
 - **No starvation.** Sessions are served in the order they started waiting. A session that was
   just served waits behind every session already waiting, however fast it submits.
 - **Each session sees only its own results.** A session's finished jobs are kept under its key
-  only: the newest one, never a history, so memory is one result per session, for at most
-  ``max_keys`` sessions (the least recently used idle one is forgotten past that).
+  only: the newest one, never a history, so memory is one result per key until the key is
+  forgotten (:meth:`LatestWins.forget`). The owner of the keys (the editor's ``LiveDrag``) decides
+  how many there may be.
+
+Job numbers come from one counter for all keys: they only grow, even for a key forgotten and used
+again, so "newer than the last one shown" never mixes two lives of a key.
 
 This module knows nothing of images or pipelines; it is tested with plain functions.
 """
@@ -24,13 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 
-MAX_KEYS = 64  # browser sessions with a kept result; each keeps one result (an image)
 RUN_LOG = 1000  # the newest runs kept in LatestWins.runs, for tests and benchmarks
 
 
 @dataclass(frozen=True)
 class Finished:
-    """A job's outcome. ``seq`` is the number :meth:`LatestWins.submit` gave it (per key, from 1);
+    """A job's outcome. ``seq`` is the number :meth:`LatestWins.submit` gave it (growing, from 1);
     ``value`` is what the job returned, ``error`` the one line of what it raised (then ``value`` is
     ``None``). Times are ``time.perf_counter()`` seconds."""
 
@@ -62,14 +65,14 @@ class LatestWins:
     :attr:`Finished.error`; any exception a job raises is kept that way, and the worker goes on.
     """
 
-    def __init__(self, run: Callable[[Any], Any], describe_error: Callable[[BaseException], str] = str,
-                 max_keys: int = MAX_KEYS):
-        self._run, self._describe_error, self._max_keys = run, describe_error, max_keys
+    def __init__(self, run: Callable[[Any], Any], describe_error: Callable[[BaseException], str] = str):
+        self._run, self._describe_error = run, describe_error
         self._cond = threading.Condition()
         self._waiting: OrderedDict[Hashable, tuple[int, Any]] = OrderedDict()  # in order of waiting since
         self._running: tuple[Hashable, int] | None = None
-        self._finished: OrderedDict[Hashable, Finished] = OrderedDict()  # least recently used first
-        self._submitted: OrderedDict[Hashable, int] = OrderedDict()  # least recently submitted first
+        self._running_forgotten = False  # the running job's key was forgotten: its result is not kept
+        self._finished: dict[Hashable, Finished] = {}
+        self._seq = 0
         self._worker: threading.Thread | None = None
         self._closed = False
         self.dropped = 0  # stale jobs replaced before they started
@@ -80,18 +83,22 @@ class LatestWins:
         with self._cond:
             if self._closed:
                 raise RuntimeError("this LatestWins is closed")
-            seq = self._submitted.get(key, 0) + 1
-            self._submitted[key] = seq
-            self._submitted.move_to_end(key)
+            self._seq += 1
+            seq = self._seq
             if key in self._waiting:
                 self.dropped += 1
             self._waiting[key] = (seq, job)  # a replaced job keeps its key's place in the line
-            self._forget_idle_keys()
             if self._worker is None:
                 self._worker = threading.Thread(target=self._serve, name="fastdrag-live", daemon=True)
                 self._worker.start()
             self._cond.notify_all()
             return seq
+
+    @property
+    def waiting(self) -> int:
+        """How many jobs wait (at most one per key)."""
+        with self._cond:
+            return len(self._waiting)
 
     def busy(self, key: Hashable) -> bool:
         """Whether ``key`` has a job waiting or running."""
@@ -106,7 +113,6 @@ class LatestWins:
             while True:
                 finished = self._finished.get(key)
                 if finished is not None and finished.seq > after:
-                    self._finished.move_to_end(key)
                     return finished
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._busy(key) or self._closed:
@@ -114,12 +120,14 @@ class LatestWins:
                 self._cond.wait(left)
 
     def forget(self, key: Hashable) -> None:
-        """Drop the key's waiting job and its kept result (a closed browser tab)."""
+        """Drop the key's waiting job and its kept result; a job of it that is running ends, and its
+        result is not kept (a closed browser tab, an image replaced by another)."""
         with self._cond:
             self._waiting.pop(key, None)
             self._finished.pop(key, None)
-            if not self._busy(key):
-                self._submitted.pop(key, None)
+            if self._running is not None and self._running[0] == key:
+                self._running_forgotten = True
+            self._cond.notify_all()
 
     def close(self, timeout: float | None = None) -> None:
         """Run no more jobs (the running one ends) and stop the worker."""
@@ -132,16 +140,8 @@ class LatestWins:
             worker.join(timeout)
 
     def _busy(self, key: Hashable) -> bool:
-        return key in self._waiting or (self._running is not None and self._running[0] == key)
-
-    def _forget_idle_keys(self) -> None:
-        """Past ``max_keys`` keys, forget the least recently used idle ones (their kept result)."""
-        for key in list(self._submitted):
-            if len(self._submitted) <= self._max_keys:
-                return
-            if not self._busy(key):
-                self._submitted.pop(key)
-                self._finished.pop(key, None)
+        running = self._running is not None and self._running[0] == key and not self._running_forgotten
+        return key in self._waiting or running
 
     def _serve(self) -> None:
         while True:
@@ -151,7 +151,7 @@ class LatestWins:
                 if self._closed:
                     return
                 key, (seq, job) = self._waiting.popitem(last=False)
-                self._running = (key, seq)
+                self._running, self._running_forgotten = (key, seq), False
             started = time.perf_counter()
             value, error = None, None
             try:
@@ -162,7 +162,6 @@ class LatestWins:
             with self._cond:
                 self._running = None
                 self.runs.append(Run(key, seq, started, ended))
-                if key in self._submitted:  # not forgotten while it ran
+                if not self._running_forgotten:
                     self._finished[key] = Finished(seq, value, error, started, ended)
-                    self._finished.move_to_end(key)
                 self._cond.notify_all()

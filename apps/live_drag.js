@@ -17,6 +17,7 @@ const state = {
   created: false, // the press made a new drag
   moved: false,
   dragging: false,
+  pointer: null, // the id of the pointer that drags
   inFlight: false,
   queued: null, // the newest points not yet sent
   polling: false,
@@ -39,8 +40,7 @@ function adopt() {
   if (!view) return;
   if (!view.token) {
     // No image (none yet, or the editor was cleared).
-    state.view = null;
-    state.points = [];
+    Object.assign(state, { view: null, points: [], token: null, shown: 0, dragging: false, queued: null });
     const canvas = find("#fd-points canvas");
     canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
     show("#fd-preview img", "");
@@ -49,13 +49,10 @@ function adopt() {
     return;
   }
   if (view.token !== state.token) {
-    state.token = view.token;
-    state.shown = 0;
-  }
-  if (state.view && state.view.image !== view.image) {
-    show("#fd-live img", ""); // another image: the last one's edit is not this one's
+    // Another live session (another image, or this page's session came back): its own results only.
+    Object.assign(state, { token: view.token, shown: 0, edited: false, dragging: false, queued: null });
+    show("#fd-live img", "");
     find("#fd-live-label").textContent = "";
-    state.edited = false;
   }
   if (!state.view || state.view.src !== view.src) {
     state.base = null;
@@ -134,12 +131,14 @@ function targetAt([x, y]) {
 }
 
 element.addEventListener("pointerdown", (event) => {
-  if (event.button !== 0 || !state.view || !state.view.src || !event.target.matches("#fd-points canvas")) return;
+  if (event.button !== 0 || state.dragging || !state.view || !event.target.matches("#fd-points canvas")) return;
   event.preventDefault();
   event.target.setPointerCapture(event.pointerId);
+  state.pointer = event.pointerId; // one pointer drags: a second finger is ignored until it ends
   const point = pixel(event);
   const points = state.points;
-  state.grab = targetAt(point);
+  // A press on an arrow's head grabs it, unless a handle waits for its target: then it is that.
+  state.grab = points.length % 2 === 0 ? targetAt(point) : -1;
   state.created = false;
   state.moved = false;
   if (state.grab < 0) {
@@ -158,7 +157,7 @@ element.addEventListener("pointerdown", (event) => {
 });
 
 element.addEventListener("pointermove", (event) => {
-  if (!state.dragging) return;
+  if (!state.dragging || event.pointerId !== state.pointer) return;
   const point = pixel(event);
   const old = state.points[state.grab];
   if (old[0] === point[0] && old[1] === point[1]) return;
@@ -168,8 +167,8 @@ element.addEventListener("pointermove", (event) => {
   send();
 });
 
-function release() {
-  if (!state.dragging) return;
+function release(event) {
+  if (!state.dragging || event.pointerId !== state.pointer) return;
   state.dragging = false;
   if (state.created && !state.moved) state.points.pop(); // a click: the handle waits for its target
   draw();
@@ -186,20 +185,23 @@ function send(final = false) {
 async function pump() {
   if (state.inFlight || !state.queued) return;
   const message = state.queued;
+  const token = state.token;
   state.queued = null;
   state.inFlight = true;
   let reply;
   try {
-    reply = await server.live_move({ token: state.token, points: message.points });
+    reply = await server.live_move({ token, points: message.points });
   } catch (error) {
     reply = { error: String(error) };
   }
   state.inFlight = false;
-  if (reply.error) {
+  if (token !== state.token) {
+    // An answer about the session this page had before (another image): nothing to show.
+  } else if (reply.error) {
     find("#fd-live-label").textContent = "Error: " + reply.error;
   } else {
     show("#fd-preview img", reply.preview);
-    if (reply.busy) poll();
+    if (reply.busy || reply.job > state.shown) poll(); // a job may have ended before the reply left
   }
   if (message.final && !state.queued && !state.dragging) trigger("release");
   pump();

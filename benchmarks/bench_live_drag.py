@@ -144,7 +144,9 @@ def main(argv=None) -> None:
                 page = browser.new_page(viewport={"width": 1400, "height": 1250})
                 page.goto(url)
                 if args.live_off:
+                    page.wait_for_selector("#editor canvas")
                     page.locator("#live-on input").uncheck()
+                    page.wait_for_function("/Live edit is off/.test(document.querySelector('#info').innerText)")
                 upload_and_wait_for_inversion(page, image, timeout_ms=1_200_000,
                                               ready="Live edit is off" if args.live_off else "Inversion ready")
                 drags = [one_drag(page, live, handle, target, args.side, args.moves, args.move_ms, not args.live_off)

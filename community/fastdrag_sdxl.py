@@ -46,6 +46,7 @@ import inspect
 import math
 import numbers
 import re
+import reprlib
 import threading
 import time
 import warnings
@@ -560,8 +561,12 @@ def check_real(value, name: str, low: float, high: float) -> float:
 
 
 def short_repr(value, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters: a 400-digit number makes no useful message."""
-    text = repr(value)
+    """``repr(value)``, cut to ``limit`` characters: a 400-digit number makes no useful message.
+    Containers, strings and numbers are cut before they are printed (``reprlib``), so describing a
+    list of millions of points costs what describing a short one does."""
+    shortener = reprlib.Repr()
+    shortener.maxstring = shortener.maxlong = shortener.maxother = limit
+    text = shortener.repr(value)
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 

@@ -161,7 +161,7 @@ def test_use_as_input_fits_the_image_as_an_upload_is():
                      token="tab")
     session = use_as_input(big, before, max_side=64, factor=8)
     assert session.image.shape == (64, 64, 3) and session.points == [] and session.mask is None
-    assert session.mode == "move" and session.token == "tab"  # the tab's settings stay
+    assert session.mode == "move" and session.token == ""  # the tab's settings stay; a new live session
 
 
 def test_an_image_over_the_pixel_limit_is_an_app_error_naming_the_option():
@@ -181,3 +181,17 @@ def test_gradio_analytics_are_off(monkeypatch):
     demo = build_app(tiny_holder(), max_side=64)
     assert demo.analytics_enabled is False
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+
+
+@pytest.mark.parametrize("live_edit", [True, False])
+def test_pages_start_with_live_edit_as_the_server_was_told(live_edit):
+    """`fastdrag app --no-live` starts each page with live edit off: its switch, and the session
+    a new page gets (with it off, an upload inverts nothing)."""
+    from fastdrag.apps.app import build_app
+    from fastdrag.apps.cli import build_parser
+
+    demo = build_app(tiny_holder(), max_side=64, live_edit=live_edit)
+    switch = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "live-on")
+    state = next(block for block in demo.blocks.values() if type(block).__name__ == "State")
+    assert switch.value is live_edit and state.value.live is live_edit
+    assert build_parser().parse_args(["app", *([] if live_edit else ["--no-live"])]).no_live is not live_edit

@@ -11,6 +11,7 @@ import io
 import os
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -57,12 +58,33 @@ def _importable(name: str) -> bool:
     return True
 
 
-def shapes_holder(unet_seconds: float):
-    """The embedded shapes model (docs/shapes-model.md), each UNet call slowed by ``unet_seconds``."""
+class Gauge:
+    """How many UNet calls run at once, and the most there ever were."""
+
+    def __init__(self):
+        self.now = self.most = 0
+        self._lock = threading.Lock()
+
+    def enter(self, *args):
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+
+    def leave(self, *args):
+        with self._lock:
+            self.now -= 1
+
+
+def shapes_holder(unet_seconds: float, gauge: Gauge | None = None):
+    """The embedded shapes model (docs/shapes-model.md), each UNet call slowed by ``unet_seconds``
+    (and counted by ``gauge``)."""
     from fastdrag.apps.app import PipelineHolder
 
     def load():
         pipe = StableDiffusionFastDragPipeline.from_pretrained(ROOT / "examples" / "shapes-model")
+        if gauge is not None:
+            pipe.unet.register_forward_pre_hook(gauge.enter)
+            pipe.unet.register_forward_hook(gauge.leave)
         pipe.unet.register_forward_pre_hook(lambda *args: time.sleep(unet_seconds))
         return pipe
 
@@ -131,7 +153,9 @@ def paint_stroke(page, path: Path) -> None:
             return
         except Exception:  # noqa: BLE001 - playwright's TimeoutError: a fresh page, upload, paint again
             page.reload()
+            page.wait_for_selector("#editor canvas")
             page.locator("#live-on input").uncheck()
+            wait_text(page, "#info", r"Live edit is off")
             upload(page, path)
             page.wait_for_function("/\\d+x\\d+ image/.test(document.querySelector('#info').innerText)")
             page.wait_for_timeout(1_000)
@@ -152,7 +176,9 @@ def test_drag_edit_in_the_browser(app_url):
             page = browser.new_page(viewport={"width": 1400, "height": 1250})
             page.goto(app_url)
             # The click workflow and Run, with live edit off (test_live_drag covers it on).
+            page.wait_for_selector("#editor canvas")
             page.locator("#live-on input").uncheck()
+            wait_text(page, "#info", r"Live edit is off")  # the server has it: no background inversion
 
             # 1. Upload: the 256x256 example is scaled down to the app's longest side.
             upload(page, ROOT / "examples" / "shapes.png")
@@ -231,8 +257,11 @@ def test_drag_edit_in_the_browser(app_url):
 
             # 8. A real drag: the striped disc of examples/drag_me.png, whole image as the mask, goes
             #    to its target in the edit the page shows.
+            before = page.locator("#fd-preview img").get_attribute("src")
             page.locator("#editor input[type=file]").set_input_files(str(ROOT / "examples" / "drag_me.png"))
-            page.wait_for_function("/mask: whole image, 0 drag/.test(document.querySelector('#info').innerText)")
+            page.wait_for_function("old => document.querySelector('#fd-preview img')?.getAttribute('src') !== old",
+                                   arg=before)  # the panel shows the new image
+            wait_text(page, "#info", r"64x64 image, mask: whole image, 0 drag")
             # The upload re-renders the points view once more after its first update: a click
             # landing in between is lost, so click again until the page has it.
             for _ in range(5):
@@ -270,10 +299,12 @@ def live_app():
     require_browser()
     from fastdrag.apps.app import LiveDrag
 
-    holder = shapes_holder(LIVE_UNET_SECONDS)
+    gauge = Gauge()
+    holder = shapes_holder(LIVE_UNET_SECONDS, gauge)
     live = LiveDrag(holder)
     with serve(holder, max_side=MAX_SIDE, live=live) as url:
         yield url, holder, live
+    assert gauge.most == 1  # measured at the model: never two UNet calls at once, from any session
 
 
 def editor_image(path: Path) -> np.ndarray:
@@ -304,7 +335,8 @@ def edit_numbers(labels: list[str]) -> list[int]:
 
 
 def assert_one_run_at_a_time(runs) -> None:
-    """No two re-drags overlapped: not for one session, not for any two (one UNet sequence at a time)."""
+    """No two re-drags overlapped, by the server's log of runs: not for one session, not for any two
+    (the fixture also counts UNet calls at the model itself)."""
     ordered = sorted(runs, key=lambda run: run.started)
     for before, after in zip(ordered, ordered[1:]):
         assert after.started >= before.ended, (before, after)

@@ -37,7 +37,7 @@ def test_a_newer_job_replaces_a_waiting_one_and_the_running_one_ends():
     jobs = LatestWins(gate)
     assert jobs.submit("a", 1) == 1
     wait_started(gate)  # job 1 runs
-    assert [jobs.submit("a", n) for n in (2, 3, 4)] == [2, 3, 4]
+    assert [jobs.submit("a", n) for n in (2, 3, 4)] == [2, 3, 4]  # numbers grow from 1
     assert jobs.dropped == 2 and jobs.busy("a")
     gate.let_through(2)
     finished = jobs.latest("a", after=1, timeout=10)
@@ -74,7 +74,7 @@ def test_each_key_sees_only_its_own_results():
     assert jobs.latest("a", after=1, timeout=0.1) is None  # nothing newer, nothing running
     jobs.forget("a")
     assert jobs.latest("a") is None
-    assert jobs.submit("a", 3) == 1  # a forgotten key starts its numbers again
+    assert jobs.submit("a", 3) == 3  # numbers only grow, across keys and across a key's lives
     jobs.close()
 
 
@@ -88,12 +88,19 @@ def test_a_failing_job_is_its_result_and_the_worker_goes_on():
     jobs.close()
 
 
-def test_kept_results_are_bounded_by_max_keys():
-    jobs = LatestWins(lambda job: job, max_keys=3)
-    for key in range(6):
-        jobs.submit(key, key)
-        assert jobs.latest(key, timeout=10).value == key
-    assert [key for key in range(6) if jobs.latest(key) is not None] == [3, 4, 5]
+def test_a_key_forgotten_while_its_job_runs_keeps_no_result():
+    gate = Gate()
+    jobs = LatestWins(gate)
+    jobs.submit("a", 1)
+    wait_started(gate)
+    jobs.submit("a", 2)
+    jobs.forget("a")  # the tab closed: its waiting job goes, the running one ends unkept
+    assert not jobs.busy("a") and jobs.latest("a") is None
+    gate.let_through()
+    jobs.submit("b", 3)
+    gate.let_through()
+    assert jobs.latest("b", timeout=10).value == "done 3"
+    assert jobs.latest("a") is None and gate.ran == [1, 3]
     jobs.close()
 
 
@@ -139,6 +146,7 @@ def test_a_closed_scheduler_refuses_jobs():
 # The editor's LiveDrag on tiny random-weight pipelines (the browser tests drive the same object)
 # --------------------------------------------------------------------------------------------
 
+import asyncio  # noqa: E402
 import base64  # noqa: E402
 import io  # noqa: E402
 
@@ -147,7 +155,16 @@ from PIL import Image  # noqa: E402
 from tiny_models import tiny_components, tiny_sdxl_components  # noqa: E402
 
 from fastdrag import StableDiffusionFastDragPipeline, StableDiffusionXLFastDragPipeline  # noqa: E402
-from fastdrag.apps.app import MAX_DRAGS, LiveDrag, PipelineHolder, Session, inversion_key  # noqa: E402
+from fastdrag.apps.app import (  # noqa: E402
+    MAX_DRAGS,
+    LiveDrag,
+    PipelineHolder,
+    Session,
+    clear_points,
+    inversion_key,
+    load_editor_value,
+    undo_point,
+)
 
 
 def live_drag(pipeline_class=StableDiffusionFastDragPipeline, components=tiny_components, **kwargs) -> LiveDrag:
@@ -164,15 +181,20 @@ def pixels(url: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
 
 
-def settle(live: LiveDrag, token: str) -> dict:
+def poll(live: LiveDrag, token: str, after: int = 0, timeout: float = 5.0) -> dict:
+    """What the page's poll request gets (the server function is a coroutine)."""
+    return asyncio.run(live.poll({"token": token, "after": after}, timeout=timeout))
+
+
+def settle(live: LiveDrag, token: str, after: int = 0) -> dict:
     """Poll as the page does until the session has no work left; the last result."""
-    result, after = None, 0
+    result = None
     for _ in range(100):
-        reply = live.poll({"token": token, "after": after})
+        reply = poll(live, token, after)
         assert "error" not in reply, reply
         if reply["result"] is not None:
             result, after = reply["result"], reply["result"]["seq"]
-        if not reply["busy"] and live.poll({"token": token, "after": after})["result"] is None:
+        if not reply["busy"] and poll(live, token, after)["result"] is None:
             return result
     raise AssertionError("the session never settled")
 
@@ -198,7 +220,7 @@ def drag_through(live: LiveDrag, session: Session, handle, targets) -> list[dict
 def test_a_live_drag_ends_with_the_pipelines_edit_of_the_final_position(pipeline_class, components):
     live = live_drag(pipeline_class, components)
     session = live.register(image_session(0))
-    live.prepare(session)  # the background inversion an upload starts
+    live.update(session)  # the background inversion an upload starts
     assert live.status(session) == "Inverting this image in the background..."
     assert settle(live, session.token)["label"].startswith("Inversion ready")
     assert live.status(session) == "Inversion ready: drag a point and the edit follows."
@@ -254,7 +276,7 @@ def test_two_sessions_dragging_at_once_get_only_their_own_results():
 def test_with_live_edit_off_a_drag_previews_and_runs_nothing():
     live = live_drag()
     session = live.register(image_session(4, live=False))
-    live.prepare(session)
+    live.update(session)
     reply = drag_through(live, session, (10, 12), [(16, 12)])[-1]
     assert reply["preview"] and not reply["busy"] and live.jobs.latest(session.token) is None
     assert live.status(session) == "Live edit is off: press Run to edit."
@@ -276,17 +298,104 @@ def test_a_malformed_live_request_is_one_line_and_runs_nothing(message, field):
     assert set(reply) == {"error"} and "\n" not in reply["error"]
     assert (f"`{field}`" in reply["error"]) if field else "must be an object" in reply["error"]
     assert session.points == [] and not live.jobs.busy("T") and not live.jobs.runs
-    assert "`after`" in live.poll({"token": "T", "after": -1})["error"]
+    assert "`after`" in asyncio.run(live.poll({"token": "T", "after": -1}))["error"]
     live.close()
 
 
-def test_an_unknown_or_forgotten_session_is_told_to_reload():
+def test_an_unknown_or_forgotten_session_is_told_to_reload_and_comes_back_under_a_new_token():
     live = live_drag(max_sessions=2)
-    first, second, third = (live.register(image_session(seed)) for seed in (6, 7, 8))
-    for token in (first.token, "never-issued"):  # the first was dropped when the third came
+    first = live.register(image_session(6))
+    old_token = first.token
+    second, third = live.register(image_session(7)), live.register(image_session(8))  # the first is dropped
+    for token in (old_token, "never-issued"):
         assert "reload the page" in live.move({"token": token, "points": []})["error"]
-        assert "reload the page" in live.poll({"token": token, "after": 0})["error"]
+        assert "reload the page" in poll(live, token)["error"]
     live.forget(second)  # its tab closed
-    assert "reload the page" in live.move({"token": second.token, "points": []})["error"]
+    assert "reload the page" in live.move({"token": second.token or "-", "points": []})["error"]
     assert "error" not in live.move({"token": third.token, "points": []})
+
+    # The first page comes back (its next Gradio event shows it again): a new token, fresh results.
+    live.view(first)
+    assert first.token not in ("", old_token)
+    live.move({"token": first.token, "points": [[10, 12], [16, 12]]})
+    assert settle(live, first.token)["label"].startswith("Live edit ")
+    live.close()
+
+
+def test_the_session_dropped_first_is_the_least_recently_used_not_the_oldest():
+    live = live_drag(max_sessions=2)
+    busy, idle = live.register(image_session(9, live=False)), live.register(image_session(10, live=False))
+    live.move({"token": busy.token, "points": [[1, 1]]})  # the oldest registered, but in use
+    live.register(image_session(11, live=False))
+    assert "error" not in live.move({"token": busy.token, "points": [[2, 2]]})
+    assert idle.token == ""  # the idle one went
+    live.close()
+
+
+def test_dropping_sessions_while_others_drag_leaves_no_job_behind():
+    """Review: a session dropped between a move's lookup and its submission came back in the
+    scheduler, and jobs of dropped sessions piled up without bound."""
+    live = live_drag(max_sessions=3)
+    stop = time.monotonic() + 3
+
+    def dragger(seed):
+        while time.monotonic() < stop:
+            session = live.register(image_session(seed))
+            for x in range(3):
+                live.move({"token": session.token or "-", "points": [[1, 1], [2 + x, 2]]})
+
+    def newcomer():
+        while time.monotonic() < stop:
+            live.register(image_session(99))
+
+    threads = [threading.Thread(target=dragger, args=(seed,)) for seed in range(3)] + [threading.Thread(target=newcomer)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert live.jobs.waiting <= 3  # one waiting job at most per kept session
+    live.close()
+
+
+def test_another_image_is_another_live_session_that_never_shows_the_old_images_edit():
+    live = live_drag()
+    started, release = threading.Event(), threading.Event()
+    pipe = live.holder.get()
+    session = live.register(image_session(12))
+    live.update(session)
+    settle(live, session.token)  # inverted
+
+    def slow_unet(module, args):
+        started.set()
+        release.wait(10)
+
+    hook = pipe.unet.register_forward_pre_hook(slow_unet)
+    live.move({"token": session.token, "points": [[10, 12], [16, 12]]})
+    assert started.wait(10)  # its re-drag runs
+    rng = np.random.default_rng(13)
+    value = {"background": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "layers": []}
+    new = load_editor_value(session, value, max_side=64, factor=8)
+    assert new is not session and new.token == ""
+    live.forget(session)  # what the page's handler does (app.build_app, `changed`)
+    live.update(new)
+    release.set()
+    hook.remove()
+    result = settle(live, new.token)
+    assert result["label"].startswith("Inversion ready") and "image" not in result
+    live.close()
+
+
+def test_undo_and_clear_bring_the_live_edit_up_to_date():
+    live = live_drag()
+    session = live.register(image_session(14))
+    live.move({"token": session.token, "points": [[4, 4], [8, 4], [20, 20], [24, 22]]})
+    assert "(20, 20) -> (24, 22)" in settle(live, session.token)["label"]
+    undo_point(undo_point(session))
+    live.update(session)  # what the page's Undo does
+    final = settle(live, session.token)
+    assert final["label"].startswith(f"Live edit {final['seq']}: (4, 4) -> (8, 4) in ")
+    assert np.array_equal(pixels(final["image"]), direct_edit(live, session))
+    clear_points(session)
+    live.update(session)  # no drag left: nothing to re-drag, the inversion is cached
+    assert not live.jobs.busy(session.token)
     live.close()
