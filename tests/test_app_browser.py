@@ -369,6 +369,13 @@ def test_live_drag_follows_the_mouse(live_app):
             log = page.evaluate("window.__fastdrag")
             frames.append(page.locator(".live-drag").screenshot())
             shown = np.asarray(shown_image(page, "#fd-live img"))
+
+            # Grab the arrow's head and move it: the same drag, a new target, no new drag.
+            regrabbed = (target[0], target[1] + 6)
+            press_drag_release(page, target, regrabbed, SIDE, moves=8, pause_ms=40)
+            wait_for_label(page, f"{handle} -> {regrabbed} in")
+            wait_text(page, "#info", r"1 drag\(s\)")
+            shown_again = np.asarray(shown_image(page, "#fd-live img"))
         finally:
             browser.close()
 
@@ -377,7 +384,9 @@ def test_live_drag_follows_the_mouse(live_app):
     numbers = edit_numbers(log["labels"])
     assert len(numbers) >= 2 and numbers == sorted(set(numbers)), log["labels"]  # several, in order
     assert label.startswith(f"Live edit {numbers[-1]}: {handle} -> {target}")
-    assert np.array_equal(shown, direct_edit(holder, editor_image(ROOT / "examples" / "drag_me.png"), handle, target))
+    image = editor_image(ROOT / "examples" / "drag_me.png")
+    assert np.array_equal(shown, direct_edit(holder, image, handle, target))
+    assert np.array_equal(shown_again, direct_edit(holder, image, handle, regrabbed))
     assert_one_run_at_a_time(live.jobs.runs)
     assert {run.key for run in live.jobs.runs} == {next(iter({run.key for run in live.jobs.runs}))}
 
