@@ -216,6 +216,12 @@ def use_as_input(result: Any, session: Session, max_side: int, factor: int,
                              {"background": image, "layers": []}, max_side, factor, max_pixels)
 
 
+def clamped(session: Session, x: int, y: int) -> tuple[int, int]:
+    """The image pixel ``(x, y)`` moved into the session's image."""
+    height, width = session.image.shape[:2]
+    return min(max(int(x), 0), width - 1), min(max(int(y), 0), height - 1)
+
+
 def add_point(session: Session, x: int, y: int) -> Session:
     """Add the image pixel ``(x, y)`` (clamped to the image) as the next handle or target. Moving or
     copying takes one drag: a click after a complete one starts it again."""
@@ -223,8 +229,7 @@ def add_point(session: Session, x: int, y: int) -> Session:
         return session
     if session.moves_an_object and len(session.points) >= 2:
         session.points.clear()
-    height, width = session.image.shape[:2]
-    session.points.append((min(max(int(x), 0), width - 1), min(max(int(y), 0), height - 1)))
+    session.points.append(clamped(session, x, y))
     return session
 
 
@@ -233,8 +238,7 @@ def set_points(session: Session, points: list[tuple[int, int]]) -> Session:
     page's live drag sends them; moving or copying keeps the first drag only."""
     if session.image is None:
         return session
-    height, width = session.image.shape[:2]
-    points = [(min(max(int(x), 0), width - 1), min(max(int(y), 0), height - 1)) for x, y in points]
+    points = [clamped(session, x, y) for x, y in points]
     session.points = points[:2] if session.moves_an_object else points
     return session
 

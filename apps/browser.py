@@ -56,18 +56,23 @@ def serve(holder: PipelineHolder, max_side: int, live=None) -> Iterator[str]:
         demo.close()
 
 
-def upload_and_wait_for_inversion(page, path: Path, timeout_ms: float = 120_000, ready: str = "Inversion ready") -> None:
-    """Give the editor a file, and wait until its background inversion is ready (until the live
-    label shows ``ready``: "Live edit is off" when the page's live edit is unchecked). The editor's
-    canvas is built after the page loads, and a file given before that is dropped without an
-    event: so wait for the canvas, and give the file again if the page has not answered in 20 s."""
+def upload(page, path: Path) -> None:
+    """Give the editor a file. Its canvas is built after the page loads, and a file given before
+    that is dropped without an event: so wait for the canvas, and give the file again if the page
+    has not answered within 20 s (at most 3 times)."""
     page.wait_for_selector("#editor canvas")
     for _ in range(3):
         page.locator("#editor input[type=file]").set_input_files(str(path))
         with contextlib.suppress(Exception):  # playwright's TimeoutError: give the file again
             page.wait_for_function("!document.querySelector('#info').innerText.startsWith('Upload')",
                                    timeout=20_000)
-            break
+            return
+
+
+def upload_and_wait_for_inversion(page, path: Path, timeout_ms: float = 120_000, ready: str = "Inversion ready") -> None:
+    """:func:`upload`, then wait until the background inversion is ready (until the live label shows
+    ``ready``: "Live edit is off" when the page's live edit is unchecked)."""
+    upload(page, path)
     wait_for_label(page, ready, timeout_ms)
 
 
@@ -113,15 +118,26 @@ def wait_for_label(page, text: str, timeout_ms: float = 120_000) -> str:
 
 def shown_image(page, selector: str):
     """The image an ``img`` shows (a ``data:`` URL or a served file), as an RGB PIL image."""
-    import base64
-    import io
     from urllib.parse import urljoin
-
-    from PIL import Image
 
     src = page.locator(selector).get_attribute("src")
     if src.startswith("data:"):
-        data = base64.b64decode(src.split(",", 1)[1])
-    else:
-        data = page.request.get(urljoin(page.url, src)).body()
+        return image_from_data_url(src)
+    return open_image_bytes(page.request.get(urljoin(page.url, src)).body())
+
+
+def image_from_data_url(url: str):
+    """The RGB PIL image of a base64 ``data:`` URL (``app.data_url`` makes them)."""
+    import base64
+
+    if not url.startswith("data:image/png;base64,"):
+        raise ValueError(f"not a PNG data URL: {url[:40]!r}")
+    return open_image_bytes(base64.b64decode(url.split(",", 1)[1]))
+
+
+def open_image_bytes(data: bytes):
+    import io
+
+    from PIL import Image
+
     return Image.open(io.BytesIO(data)).convert("RGB")

@@ -26,6 +26,7 @@ from fastdrag.apps.browser import (
     press_drag_release,
     serve,
     shown_image,
+    upload,
     upload_and_wait_for_inversion,
     wait_for_label,
 )
@@ -122,20 +123,6 @@ def wait_text(page, selector: str, pattern: str, timeout: float = 60_000) -> str
         page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
         pytest.fail(f"{selector} never matched {pattern!r}; it shows {shown!r} (screenshot: failure.png)")
     return page.locator(selector).inner_text()
-
-
-def upload(page, path: Path) -> None:
-    """Give the editor a file. Its canvas is built after the page loads, and a file given before
-    that is dropped without an event: so wait for the canvas, and give the file again if the page
-    has not answered within 20 s."""
-    page.wait_for_selector("#editor canvas")
-    for _ in range(3):
-        page.locator("#editor input[type=file]").set_input_files(str(path))
-        try:
-            page.wait_for_function("!document.querySelector('#info').innerText.startsWith('Upload')", timeout=20_000)
-            return
-        except Exception:  # noqa: BLE001 - playwright's TimeoutError: try once more
-            continue
 
 
 def paint_stroke(page, path: Path) -> None:
@@ -320,14 +307,11 @@ def editor_image(path: Path) -> np.ndarray:
 def direct_edit(holder, image: np.ndarray, handle, target) -> np.ndarray:
     """The pipeline called directly with one drag through the server's cached inversion of
     ``image``, as uint8 pixels (as the editor turns its output into pixels)."""
-    from fastdrag.apps.app import inversion_key
-    from fastdrag.apps.options import EditOptions
+    from test_live import direct_edit as session_edit
 
-    inversion = holder.inversions.get(inversion_key(image, EditOptions()))
-    assert inversion is not None, "the page's inversion is not in the cache"
-    out = holder.get()(handle_points=[handle], target_points=[target], mask=None,
-                       **EditOptions().pipeline_kwargs(inversion), output_type="np")
-    return (out.images[0] * 255).round().astype(np.uint8)
+    from fastdrag.apps.app import Session
+
+    return session_edit(holder, Session(image=image, points=[handle, target]))
 
 
 def edit_numbers(labels: list[str]) -> list[int]:

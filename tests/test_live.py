@@ -147,11 +147,8 @@ def test_a_closed_scheduler_refuses_jobs():
 # --------------------------------------------------------------------------------------------
 
 import asyncio  # noqa: E402
-import base64  # noqa: E402
-import io  # noqa: E402
 
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 from tiny_models import tiny_components, tiny_sdxl_components  # noqa: E402
 
 from fastdrag import StableDiffusionFastDragPipeline, StableDiffusionXLFastDragPipeline  # noqa: E402
@@ -165,6 +162,7 @@ from fastdrag.apps.app import (  # noqa: E402
     load_editor_value,
     undo_point,
 )
+from fastdrag.apps.browser import image_from_data_url  # noqa: E402
 
 
 def live_drag(pipeline_class=StableDiffusionFastDragPipeline, components=tiny_components, **kwargs) -> LiveDrag:
@@ -177,8 +175,7 @@ def image_session(seed: int, **fields) -> Session:
 
 
 def pixels(url: str) -> np.ndarray:
-    assert url.startswith("data:image/png;base64,")
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+    return np.asarray(image_from_data_url(url))
 
 
 def poll(live: LiveDrag, token: str, after: int = 0, timeout: float = 5.0) -> dict:
@@ -199,13 +196,14 @@ def settle(live: LiveDrag, token: str, after: int = 0) -> dict:
     raise AssertionError("the session never settled")
 
 
-def direct_edit(live: LiveDrag, session: Session) -> np.ndarray:
-    """The pipeline called directly with the session's drags through the server's cached inversion."""
+def direct_edit(holder: PipelineHolder, session: Session) -> np.ndarray:
+    """The pipeline called directly with the session's drags, mask and mode through the server's
+    cached inversion of its image, as uint8 pixels (as the editor turns its output into pixels)."""
     options = session.options.replace(mode=session.mode)
-    inversion = live.holder.inversions.get(inversion_key(session.image, options))
-    assert inversion is not None
-    out = live.holder.get()(handle_points=[d[0] for d in session.drags], target_points=[d[1] for d in session.drags],
-                            mask=session.mask, **options.pipeline_kwargs(inversion), output_type="np")
+    inversion = holder.inversions.get(inversion_key(session.image, options))
+    assert inversion is not None, "the image's inversion is not in the server's cache"
+    out = holder.get()(handle_points=[d[0] for d in session.drags], target_points=[d[1] for d in session.drags],
+                       mask=session.mask, **options.pipeline_kwargs(inversion), output_type="np")
     return (out.images[0] * 255).round().astype(np.uint8)
 
 
@@ -231,7 +229,7 @@ def test_a_live_drag_ends_with_the_pipelines_edit_of_the_final_position(pipeline
     final = settle(live, session.token)
     assert final["label"].startswith(f"Live edit {final['seq']}: (10, 12) -> (16, 12) in ")
     assert "from the cached inversion" in final["label"]
-    assert np.array_equal(pixels(final["image"]), direct_edit(live, session))
+    assert np.array_equal(pixels(final["image"]), direct_edit(live.holder, session))
     assert len(live.jobs.runs) + live.jobs.dropped == 5  # the inversion and four re-drags, none lost
     live.close()
 
@@ -244,7 +242,7 @@ def test_move_and_copy_follow_the_mouse_too():
         session = live.register(image_session(1, mask=mask, mode=mode))
         drag_through(live, session, (10, 12), [(14, 14), (20, 18)])
         assert session.drags == [((10, 12), (20, 18))]
-        assert np.array_equal(pixels(settle(live, session.token)["image"]), direct_edit(live, session))
+        assert np.array_equal(pixels(settle(live, session.token)["image"]), direct_edit(live.holder, session))
     live.close()
 
 
@@ -268,7 +266,7 @@ def test_two_sessions_dragging_at_once_get_only_their_own_results():
         handle, targets = paths[session.token]
         final = settle(live, session.token)
         assert f": {handle} -> {targets[-1]} in " in final["label"]
-        assert np.array_equal(pixels(final["image"]), direct_edit(live, session))
+        assert np.array_equal(pixels(final["image"]), direct_edit(live.holder, session))
     assert {run.key for run in live.jobs.runs} == {session.token for session in sessions}
     live.close()
 
@@ -394,7 +392,7 @@ def test_undo_and_clear_bring_the_live_edit_up_to_date():
     live.update(session)  # what the page's Undo does
     final = settle(live, session.token)
     assert final["label"].startswith(f"Live edit {final['seq']}: (4, 4) -> (8, 4) in ")
-    assert np.array_equal(pixels(final["image"]), direct_edit(live, session))
+    assert np.array_equal(pixels(final["image"]), direct_edit(live.holder, session))
     clear_points(session)
     live.update(session)  # no drag left: nothing to re-drag, the inversion is cached
     assert not live.jobs.busy(session.token)
